@@ -1,0 +1,294 @@
+//! `drover.yaml`: sites, target systems, state store, evidence, API, schedules and the
+//! paths of the CMDB and the runbooks.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::node::Located;
+use crate::types::{Dur, SecretRef};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data centres or regions.
+    #[serde(default)]
+    pub sites: Vec<Site>,
+    /// Kubernetes clusters, reached through a kubeconfig context.
+    #[serde(default)]
+    pub kubernetes: Vec<KubeCluster>,
+    /// S3-compatible object stores.
+    #[serde(default)]
+    pub object_stores: Vec<ObjectStore>,
+    /// Databases (PostgreSQL).
+    #[serde(default)]
+    pub databases: Vec<Database>,
+    /// Where runs and their journals are kept.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Signing key and archive of the evidence.
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
+    /// The daemon's HTTP API.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    /// Cron schedules run by the daemon.
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+    /// Engine settings: parallelism, anti-flap window.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// External plugins: executables used as `uses: ext.NAME`.
+    #[serde(default)]
+    pub plugins: Vec<ExternalPlugin>,
+    /// The CMDB file, relative to this file.
+    #[serde(default = "default_cmdb")]
+    pub cmdb: Located<PathBuf>,
+    /// The runbooks folder, relative to this file.
+    #[serde(default = "default_runbooks")]
+    pub runbooks: Located<PathBuf>,
+}
+
+fn default_cmdb() -> Located<PathBuf> {
+    Located::new(Default::default(), PathBuf::from("cmdb.yaml"))
+}
+
+fn default_runbooks() -> Located<PathBuf> {
+    Located::new(Default::default(), PathBuf::from("../runbooks"))
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub name: Located<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubeCluster {
+    pub name: Located<String>,
+    pub site: Located<String>,
+    /// Path of the kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStore {
+    pub name: Located<String>,
+    pub site: Located<String>,
+    pub endpoint: Located<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub bucket: Located<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub access_key_id: Option<SecretRef>,
+    #[serde(default)]
+    pub secret_access_key: Option<SecretRef>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    Postgres,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub name: Located<String>,
+    pub site: Located<String>,
+    pub kind: DatabaseKind,
+    /// Connection URL: a secret, as it usually holds a password.
+    pub url: SecretRef,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `sqlite://PATH` (relative to this file) or `postgres://...`.
+    #[serde(default = "default_state_url")]
+    pub url: Located<String>,
+}
+
+fn default_state_url() -> Located<String> {
+    Located::new(Default::default(), "sqlite://.drover/state.db".into())
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            url: default_state_url(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceConfig {
+    /// The ed25519 signing key; created (mode 0600) on first use.
+    #[serde(default = "default_signing_key")]
+    pub signing_key: SecretRef,
+    #[serde(default)]
+    pub archive: Option<EvidenceArchive>,
+}
+
+fn default_signing_key() -> SecretRef {
+    SecretRef::File(PathBuf::from(".drover/evidence.key"))
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: default_signing_key(),
+            archive: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceArchive {
+    pub object_store: Located<String>,
+    #[serde(default)]
+    pub prefix: String,
+    pub retention_days: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `HOST:PORT` to listen on.
+    pub listen: Located<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub tokens: Vec<ApiToken>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Auditor,
+    Admin,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    pub name: Located<String>,
+    pub role: Role,
+    /// Hex SHA-256 of the token string.
+    pub sha256: Located<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    Drill,
+    Failover,
+    Verify,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Drill => "drill",
+            RunMode::Failover => "failover",
+            RunMode::Verify => "verify",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub name: Located<String>,
+    /// A runbook name.
+    pub runbook: Located<String>,
+    /// Six fields, seconds first: `0 0 3 * * Sun`.
+    pub cron: Located<String>,
+    /// `drill` (default) or `verify`; failovers are never scheduled.
+    #[serde(default = "default_schedule_mode")]
+    pub mode: Located<RunMode>,
+}
+
+fn default_schedule_mode() -> Located<RunMode> {
+    Located::new(Default::default(), RunMode::Drill)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Most steps running at once.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: usize,
+    /// After a failover, further failovers of that service need `--ack` for this long.
+    #[serde(default = "default_anti_flap")]
+    pub anti_flap: Dur,
+}
+
+fn default_max_parallel() -> usize {
+    16
+}
+
+fn default_anti_flap() -> Dur {
+    Dur(std::time::Duration::from_secs(3600))
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_parallel: default_max_parallel(),
+            anti_flap: default_anti_flap(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalKind {
+    Check,
+    Change,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalPlugin {
+    /// Used as `uses: ext.NAME`.
+    pub name: Located<String>,
+    /// argv of the executable (relative paths resolve against this file's folder).
+    pub command: Located<Vec<String>>,
+    /// `check` (read-only) or `change`.
+    pub kind: ExternalKind,
+    /// Whether a completed change can be undone (the plugin gets `"op": "compensate"`).
+    #[serde(default)]
+    pub compensable: bool,
+}
