@@ -1,1 +1,279 @@
-//! placeholder
+//! The plugin API: what an action is, what it gets when it runs, and how it fails.
+//!
+//! Actions are sagas (after oxidecomputer/steno): [`Action::execute`] is idempotent because
+//! after a crash it runs again, [`Action::compensate`] undoes a completed change where
+//! that is possible, and the engine, never the plugin, owns retries, backoff and
+//! timeouts. Every call gets a cancellation token and a deadline in its [`StepContext`];
+//! a change that times out is [`ActionError::OutcomeUnknown`], never "did not happen".
+//!
+//! Each plugin crate registers its actions in a [`Registry`] with a parameter check
+//! ([`ActionSpec::validate`]) that runs when files are loaded, without I/O. This crate
+//! depends on `drover-model` only; plugins depend on it and never on the engine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use drover_model::{ActionCatalog, ActionClass, Config, Issue, Located, Node, ParamCx, RunMode};
+pub use tokio_util::sync::CancellationToken;
+
+/// The load-time half of an action: its name, class and parameter check.
+pub trait ActionSpec: Send + Sync {
+    /// The name used in `uses:`, e.g. `postgres.promote`; persisted in journals.
+    fn kind(&self) -> &str;
+    fn class(&self) -> ActionClass;
+    /// Whether a completed execution can be undone by [`Action::compensate`].
+    fn compensable(&self) -> bool {
+        false
+    }
+    /// Checks `with:` without I/O: types, required parameters, names of target systems.
+    fn validate(&self, with: &Located<Node>, cx: &ParamCx<'_>) -> Vec<Issue>;
+}
+
+/// An action that can run.
+#[async_trait]
+pub trait Action: ActionSpec {
+    /// Read-only preview of what `execute` would do (for `plan` and dry runs).
+    async fn plan(&self, cx: &StepContext) -> Result<Preview, ActionError>;
+    /// Does the work. Must be idempotent: it runs again after a crash.
+    async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError>;
+    /// Undoes a completed execution; `done` is what that execution returned, when known.
+    async fn compensate(&self, cx: &StepContext, done: Option<&StepOutput>) -> Result<(), ActionError>;
+}
+
+/// How an attempt failed. The engine decides what happens next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum ActionError {
+    /// Worth another attempt (connection refused, not ready yet).
+    Retryable(String),
+    /// Will not get better by retrying (bad credentials, refused by a safety gate).
+    Permanent(String),
+    /// A change may or may not have happened (timeout, lost connection mid-call).
+    OutcomeUnknown(String),
+    /// Stopped because the run is stopping.
+    Cancelled,
+}
+
+impl fmt::Display for ActionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActionError::Retryable(m) => write!(f, "{m} (retryable)"),
+            ActionError::Permanent(m) => f.write_str(m),
+            ActionError::OutcomeUnknown(m) => write!(f, "outcome unknown: {m}"),
+            ActionError::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for ActionError {}
+
+/// What a successful execution reports; recorded in the journal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct StepOutput {
+    /// One line for people.
+    pub summary: String,
+    /// Structured results (measurements, captured output), recorded as JSON.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl StepOutput {
+    pub fn new(summary: impl Into<String>) -> Self {
+        Self {
+            summary: summary.into(),
+            data: serde_json::Value::Null,
+        }
+    }
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = data;
+        self
+    }
+}
+
+/// What `plan` says an execution would do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Preview {
+    pub summary: String,
+}
+
+/// Everything an action gets for one attempt.
+#[derive(Clone)]
+pub struct StepContext {
+    pub run_id: String,
+    /// The step id, or the check name.
+    pub step_id: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub mode: RunMode,
+    pub params: Located<Node>,
+    pub config: Arc<Config>,
+    /// Cancelled when the run stops (Ctrl-C, shutdown) or the attempt times out.
+    pub cancel: CancellationToken,
+    /// When this attempt's time is up.
+    pub deadline: Instant,
+    /// Gates: whether `--yes` (or an approval) was given for this run.
+    pub approved: bool,
+}
+
+impl fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepContext")
+            .field("run_id", &self.run_id)
+            .field("step_id", &self.step_id)
+            .field("attempt", &self.attempt)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepContext {
+    /// Reads the typed parameters (already validated at load time).
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T, ActionError> {
+        drover_model::from_node(&self.params).map_err(|e| ActionError::Permanent(format!("invalid parameters: {e}")))
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Reads typed parameters at load time, turning errors into located issues.
+pub fn parse_params<T: DeserializeOwned>(with: &Located<Node>) -> Result<T, Vec<Issue>> {
+    drover_model::from_node(with).map_err(|e| vec![e.into_issue(with.loc)])
+}
+
+/// The actions of this build: the explicit registry the binary fills, plugin by plugin.
+#[derive(Default, Clone)]
+pub struct Registry {
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Clone)]
+enum Entry {
+    /// Known and validated, but this build cannot run it.
+    Spec(Arc<dyn ActionSpec>),
+    Runnable(Arc<dyn Action>),
+}
+
+impl Entry {
+    fn spec(&self) -> &dyn ActionSpec {
+        match self {
+            Entry::Spec(s) => s.as_ref(),
+            Entry::Runnable(a) => a.as_ref(),
+        }
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.entries.keys()).finish()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an action whose parameters can be checked but that cannot run in this build.
+    pub fn add_spec(&mut self, spec: Arc<dyn ActionSpec>) {
+        self.entries.insert(spec.kind().to_owned(), Entry::Spec(spec));
+    }
+
+    /// Registers a runnable action.
+    pub fn add(&mut self, action: Arc<dyn Action>) {
+        self.entries.insert(action.kind().to_owned(), Entry::Runnable(action));
+    }
+
+    pub fn spec(&self, kind: &str) -> Option<&dyn ActionSpec> {
+        self.entries.get(kind).map(Entry::spec)
+    }
+
+    /// The runnable action, or `None` when unknown or not runnable in this build.
+    pub fn action(&self, kind: &str) -> Option<Arc<dyn Action>> {
+        match self.entries.get(kind)? {
+            Entry::Runnable(a) => Some(a.clone()),
+            Entry::Spec(_) => None,
+        }
+    }
+
+    /// Whether `kind` is registered and can run.
+    pub fn is_runnable(&self, kind: &str) -> bool {
+        matches!(self.entries.get(kind), Some(Entry::Runnable(_)))
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+}
+
+impl ActionCatalog for Registry {
+    fn class(&self, uses: &str) -> Option<ActionClass> {
+        self.spec(uses).map(ActionSpec::class)
+    }
+
+    fn check_params(&self, uses: &str, with: &Located<Node>, cx: &ParamCx<'_>) -> Vec<Issue> {
+        match self.spec(uses) {
+            Some(spec) => {
+                if !matches!(with.value, Node::Map(_)) {
+                    return vec![Issue::new(
+                        with.loc,
+                        format!("`with` must be a mapping of parameters, found {}", with.describe()),
+                    )];
+                }
+                spec.validate(with, cx)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+}
+
+/// A parameter-checked action described by a typed parameter struct `P` plus a check of
+/// the names it refers to. Used by plugins to declare actions tersely.
+pub struct TypedSpec<P> {
+    pub kind: &'static str,
+    pub class: ActionClass,
+    pub compensable: bool,
+    /// Checks beyond the types: referenced target systems, value ranges.
+    pub check: fn(&P, &ParamCx<'_>) -> Vec<Issue>,
+}
+
+impl<P> fmt::Debug for TypedSpec<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind)
+    }
+}
+
+impl<P: DeserializeOwned + Send + Sync> ActionSpec for TypedSpec<P> {
+    fn kind(&self) -> &str {
+        self.kind
+    }
+    fn class(&self) -> ActionClass {
+        self.class
+    }
+    fn compensable(&self) -> bool {
+        self.compensable
+    }
+    fn validate(&self, with: &Located<Node>, cx: &ParamCx<'_>) -> Vec<Issue> {
+        match parse_params::<P>(with) {
+            Ok(p) => (self.check)(&p, cx),
+            Err(issues) => issues,
+        }
+    }
+}
+
+/// Collects the errors of several reference checks.
+pub fn issues(checks: impl IntoIterator<Item = Result<(), Issue>>) -> Vec<Issue> {
+    checks.into_iter().filter_map(Result::err).collect()
+}
