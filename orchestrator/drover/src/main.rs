@@ -1,1 +1,91 @@
-fn main() {}
+//! The `drover` binary: command line, tracing setup and the explicit plugin registry.
+
+mod cli;
+mod commands;
+mod registry;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// How a command ended, as an exit code (see `drover --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Passed = 0,
+    Failed = 1,
+    BadInput = 2,
+    TargetsMissed = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// A command's failure: already reported to the user (diagnostics), or an error to print.
+#[derive(Debug)]
+pub enum Failure {
+    /// Printed already; exit with this code.
+    Reported(Exit),
+    /// Bad input or usage: printed as `error: ...`, exit 2.
+    Usage(anyhow::Error),
+    /// Anything else: printed as `error: ...`, exit 1.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+pub type CmdResult = Result<Exit, Failure>;
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match &cli.command {
+        Command::Validate { format } => commands::validate::run(&cli, *format),
+        Command::Plan { runbook, format } => commands::plan::run(&cli, runbook, *format),
+        Command::Cmdb { command } => commands::cmdb::run(&cli, command),
+        Command::Schema { kind, out_dir } => commands::schema::run(*kind, out_dir.as_deref()),
+        Command::Completions { shell } => commands::schema::completions(*shell),
+        Command::Man => commands::schema::man(),
+    };
+    match result {
+        Ok(exit) | Err(Failure::Reported(exit)) => exit.into(),
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e:#}");
+            Exit::BadInput.into()
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            Exit::Failed.into()
+        }
+    }
+}

@@ -116,6 +116,24 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
         )
     }
 
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        // `command: [sleep, 1]`: a plain scalar is text where text is expected.
+        located!(
+            self,
+            match &self.node.value {
+                Node::Bool(b) => v.visit_string(b.to_string()),
+                Node::Int(i) => v.visit_string(i.to_string()),
+                Node::UInt(u) => v.visit_string(u.to_string()),
+                Node::Float(f) => v.visit_string(f.to_string()),
+                _ => self.deserialize_any(v),
+            }
+        )
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(v)
+    }
+
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         // `steps:` with nothing after it is an empty list, not an error.
         located!(
@@ -193,7 +211,7 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char
         bytes byte_buf unit_struct tuple tuple_struct identifier ignored_any
     }
 }

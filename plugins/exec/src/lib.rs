@@ -39,8 +39,14 @@ pub struct CheckParams {
 
 fn argv(cmd: &Located<Vec<String>>, what: &str) -> Option<Issue> {
     match cmd.first() {
-        None => Some(Issue::new(cmd.loc, format!("{what} must name a program: [program, arg, ...]"))),
-        Some(p) if p.is_empty() => Some(Issue::new(cmd.loc, format!("{what}: the program name is empty"))),
+        None => Some(Issue::new(
+            cmd.loc,
+            format!("{what} must name a program: [program, arg, ...]"),
+        )),
+        Some(p) if p.is_empty() => Some(Issue::new(
+            cmd.loc,
+            format!("{what}: the program name is empty"),
+        )),
         Some(_) => None,
     }
 }
@@ -48,7 +54,12 @@ fn argv(cmd: &Located<Vec<String>>, what: &str) -> Option<Issue> {
 fn env_names(env: &BTreeMap<String, String>, loc: drover_model::Location) -> Option<Issue> {
     env.keys()
         .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-        .map(|k| Issue::new(loc, format!("`{k}` is not a valid environment variable name")))
+        .map(|k| {
+            Issue::new(
+                loc,
+                format!("`{k}` is not a valid environment variable name"),
+            )
+        })
 }
 
 /// An executable declared in the config under `plugins:`, used as `uses: ext.NAME`.
@@ -96,7 +107,12 @@ pub fn register(reg: &mut Registry) {
         kind: "exec.check",
         class: ActionClass::Check,
         compensable: false,
-        check: |p, _| argv(&p.command, "command").into_iter().chain(env_names(&p.env, p.command.loc)).collect(),
+        check: |p, _| {
+            argv(&p.command, "command")
+                .into_iter()
+                .chain(env_names(&p.env, p.command.loc))
+                .collect()
+        },
     }));
 }
 

@@ -28,14 +28,22 @@ pub struct CheckParams {
 fn check(p: &CheckParams) -> Vec<Issue> {
     let mut out = Vec::new();
     let url = p.url.as_str();
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
     match rest {
         Some(r) if !r.is_empty() && !r.starts_with('/') => {}
-        _ => out.push(Issue::new(p.url.loc, format!("url `{url}` must be http://HOST/... or https://HOST/..."))),
+        _ => out.push(Issue::new(
+            p.url.loc,
+            format!("url `{url}` must be http://HOST/... or https://HOST/..."),
+        )),
     }
     if let Some(s) = &p.status {
         if !(100..=599).contains(&s.value) {
-            out.push(Issue::new(s.loc, format!("status {} is not an HTTP status (100-599)", s.value)));
+            out.push(Issue::new(
+                s.loc,
+                format!("status {} is not an HTTP status (100-599)", s.value),
+            ));
         }
     }
     out

@@ -27,7 +27,10 @@ pub fn register(reg: &mut Registry) {
         compensable: false,
         check: |p, _| {
             if p.prompt.trim().is_empty() {
-                vec![Issue::new(p.prompt.loc, "manual.approve needs a non-empty prompt")]
+                vec![Issue::new(
+                    p.prompt.loc,
+                    "manual.approve needs a non-empty prompt",
+                )]
             } else {
                 Vec::new()
             }

@@ -59,8 +59,11 @@ fn db(p: &DatabaseParams, cx: &ParamCx<'_>) -> Vec<drover_model::Issue> {
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Registers the PostgreSQL actions.
@@ -70,9 +73,15 @@ pub fn register(reg: &mut Registry) {
         class: ActionClass::Check,
         compensable: false,
         check: |p, cx| {
-            let mut out = issues([cx.database(&p.primary).map(drop), cx.database(&p.standby).map(drop)]);
+            let mut out = issues([
+                cx.database(&p.primary).map(drop),
+                cx.database(&p.standby).map(drop),
+            ]);
             if p.primary.value == p.standby.value {
-                out.push(drover_model::Issue::new(p.standby.loc, "standby must differ from primary"));
+                out.push(drover_model::Issue::new(
+                    p.standby.loc,
+                    "standby must differ from primary",
+                ));
             }
             out
         },
@@ -85,7 +94,10 @@ pub fn register(reg: &mut Registry) {
             let mut out = issues([cx.database(&p.database).map(drop)]);
             if let Some(i) = &p.interval {
                 if i.0.is_zero() {
-                    out.push(drover_model::Issue::new(i.loc, "interval must be longer than zero"));
+                    out.push(drover_model::Issue::new(
+                        i.loc,
+                        "interval must be longer than zero",
+                    ));
                 }
             }
             if let Some(t) = &p.table {

@@ -68,7 +68,10 @@ pub fn register(reg: &mut Registry) {
         class: ActionClass::Check,
         compensable: false,
         check: |p, cx| {
-            let mut out = issues([cx.object_store(&p.source).map(drop), cx.object_store(&p.target).map(drop)]);
+            let mut out = issues([
+                cx.object_store(&p.source).map(drop),
+                cx.object_store(&p.target).map(drop),
+            ]);
             if p.source.value == p.target.value {
                 out.push(Issue::new(p.target.loc, "target must differ from source"));
             }

@@ -1,0 +1,13 @@
+//! One module per subcommand.
+
+pub mod cmdb;
+pub mod plan;
+pub mod schema;
+pub mod validate;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), crate::Failure> {
+    let s = serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?;
+    println!("{s}");
+    Ok(())
+}
