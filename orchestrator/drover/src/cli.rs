@@ -57,6 +57,65 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
     },
+    /// Rehearse a runbook: run it for real, then run its rollback steps to clean up.
+    ///
+    /// Preflight checks gate everything; steps run in dependency order with as much
+    /// parallelism as the plan allows; verify checks stop the RTO clock; the rollback
+    /// steps always run at the end (once). Ctrl-C stops starting steps and lets the ones
+    /// in flight finish (twice: cancels them); the run can then be resumed.
+    Drill {
+        /// A runbook name or a path to a runbook file.
+        runbook: String,
+        /// Approve every `manual.approve` gate (and skip confirmations).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+    /// Fail a service over for real (shows the plan and asks for confirmation first).
+    ///
+    /// Without --yes, drover asks on the terminal and refuses when stdin is not one.
+    Failover {
+        runbook: String,
+        /// Confirm without asking, and approve every `manual.approve` gate.
+        #[arg(long)]
+        yes: bool,
+        /// When the outage was declared (RFC 3339, e.g. 2026-11-27T03:12:00Z): the RTO
+        /// counts from there, so detection time counts too.
+        #[arg(long, value_name = "TIME")]
+        declared_at: Option<String>,
+        /// Go on even when the standby lags more than the runbook's lag gate allows (recorded).
+        #[arg(long)]
+        force_lag: bool,
+        /// Acknowledge a recent failover of the same service (anti-flap window).
+        #[arg(long)]
+        ack: bool,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+    /// Run only the preflight and verify checks of a runbook: nothing changes.
+    Verify {
+        runbook: String,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+    /// Continue an interrupted run from its journal.
+    ///
+    /// Finished steps are not run again; a step that was in flight runs again (actions
+    /// are idempotent).
+    Resume {
+        /// A run id (or a unique prefix of one).
+        run: String,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+    /// List and inspect runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Query the CMDB.
     Cmdb {
         #[command(subcommand)]
@@ -81,6 +140,25 @@ pub enum Command {
     },
     /// Print the manual page (roff).
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One run: outcome, RTO/RPO against target, every step's timeline.
+    Show {
+        /// A run id (or a unique prefix of one).
+        run: String,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod progress;
 mod registry;
 mod workspace;
 
@@ -68,11 +69,55 @@ fn init_tracing(verbose: u8) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // rustls everywhere, with ring as its one crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_tracing(cli.verbose);
     let result = match &cli.command {
         Command::Validate { format } => commands::validate::run(&cli, *format),
         Command::Plan { runbook, format } => commands::plan::run(&cli, runbook, *format),
         Command::Cmdb { command } => commands::cmdb::run(&cli, command),
+        Command::Drill {
+            runbook,
+            yes,
+            format,
+        } => commands::run::start(
+            &cli,
+            runbook,
+            drover_model::RunMode::Drill,
+            commands::run::Flags {
+                yes: *yes,
+                ..Default::default()
+            },
+            *format,
+        ),
+        Command::Failover {
+            runbook,
+            yes,
+            declared_at,
+            force_lag,
+            ack,
+            format,
+        } => commands::run::start(
+            &cli,
+            runbook,
+            drover_model::RunMode::Failover,
+            commands::run::Flags {
+                yes: *yes,
+                declared_at: declared_at.clone(),
+                force_lag: *force_lag,
+                ack: *ack,
+            },
+            *format,
+        ),
+        Command::Verify { runbook, format } => commands::run::start(
+            &cli,
+            runbook,
+            drover_model::RunMode::Verify,
+            commands::run::Flags::default(),
+            *format,
+        ),
+        Command::Resume { run, yes, format } => commands::run::resume(&cli, run, *yes, *format),
+        Command::Runs { command } => commands::runs::run(&cli, command),
         Command::Schema { kind, out_dir } => commands::schema::run(*kind, out_dir.as_deref()),
         Command::Completions { shell } => commands::schema::completions(*shell),
         Command::Man => commands::schema::man(),

@@ -1,6 +1,17 @@
-//! drover's engine: planning runbooks over the CMDB dependency graph (and, as it grows,
-//! executing plans with a durable journal, rollback, resume and measurements).
+//! drover's engine: planning runbooks over the CMDB dependency graph, and running the
+//! plans with a durable journal, rollback, resume and RTO measurement.
 
+pub mod journal;
 pub mod plan;
+pub mod run;
+pub mod state;
+pub mod store;
+pub mod view;
 
+pub use journal::{
+    Event, Journal, Observer, Outcome, Phase, Quiet, Record, RunOptions, StepStatus,
+};
 pub use plan::{Plan, PlanStep, plan};
+pub use run::{Engine, EngineError, StartRequest, is_live};
+pub use state::RunState;
+pub use store::{RunRow, Store, StoreError};

@@ -4,13 +4,13 @@
 
 use petgraph::algo::toposort;
 use petgraph::graph::NodeIndex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use drover_model::graph::{CiGraph, StepGraph, StepNode};
 use drover_model::{Cmdb, Runbook, Targets};
 
 /// A runbook's plan, as `drover plan --format json` prints it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub runbook: String,
     pub service: String,
@@ -30,7 +30,7 @@ pub struct Plan {
     pub rollback: Vec<PlanStep>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanStep {
     pub id: String,
     pub uses: String,
@@ -46,14 +46,14 @@ pub struct PlanStep {
     pub retries: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanCheck {
     pub name: String,
     pub uses: String,
     pub within_s: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PlanTargets {
     pub rto_s: Option<f64>,
     pub rpo_s: Option<f64>,

@@ -47,37 +47,47 @@ impl Workspace {
         };
         let config_path = ws.config_path.clone();
         let base = folder_of(&config_path);
+        let extras: Vec<PathBuf> = extra_runbooks.iter().map(|p| normalize(p)).collect();
+        // The CMDB file and runbooks folder; also read when the config has errors of
+        // its own, so that theirs are reported in the same pass.
+        let mut cmdb_and_dir = (None, None);
         if let Some(node) = ws.read_yaml(&config_path, None) {
-            if let Some(mut config) = ws.typed::<Config>(&config_path, &node, CONFIG_LISTS) {
-                resolve_config_paths(&mut config, &base);
-                ws.config = Some(config);
+            match ws.typed::<Config>(&config_path, &node, CONFIG_LISTS) {
+                Some(mut config) => {
+                    resolve_config_paths(&mut config, &base);
+                    cmdb_and_dir = (Some(config.cmdb.clone()), Some(config.runbooks.clone()));
+                    ws.config = Some(config);
+                }
+                None => cmdb_and_dir = paths_of_broken_config(&node, &base),
             }
         }
-        if let Some(config) = &ws.config {
-            let cmdb_path = config.cmdb.value.clone();
-            let cmdb_loc = non_zero(config.cmdb.loc);
-            let dir = config.runbooks.value.clone();
-            let dir_loc = non_zero(config.runbooks.loc);
-            if let Some(node) = ws.read_yaml(&cmdb_path, Some(cmdb_loc)) {
+        let (cmdb, dir) = cmdb_and_dir;
+        if let Some(cmdb) = cmdb {
+            let cmdb_path = cmdb.value;
+            if let Some(node) = ws.read_yaml(&cmdb_path, Some(non_zero(cmdb.loc))) {
                 ws.cmdb = ws.typed::<Cmdb>(&cmdb_path, &node, CMDB_LISTS);
             }
             ws.cmdb_path = Some(cmdb_path);
-            match list_yaml_files(&dir) {
+        }
+        if let Some(dir) = dir {
+            match list_yaml_files(&dir.value) {
                 Ok(files) => {
                     for f in files {
+                        // A file also named on the command line is read once, under the
+                        // path given there (so the caller finds it by that path).
+                        let f = extras.iter().find(|e| same_file(e, &f)).cloned().unwrap_or(f);
                         ws.load_runbook(&f);
                     }
                 }
                 Err(e) => ws.diagnostics.push(Diagnostic::new(
                     &config_path,
-                    dir_loc,
-                    format!("cannot read the runbooks folder {}: {e}", dir.display()),
+                    non_zero(dir.loc),
+                    format!("cannot read the runbooks folder {}: {e}", dir.value.display()),
                 )),
             }
-            ws.runbooks_dir = Some(dir);
+            ws.runbooks_dir = Some(dir.value);
         }
-        for extra in extra_runbooks {
-            let extra = normalize(extra);
+        for extra in extras {
             if !ws.runbooks.iter().any(|r| r.path == extra) {
                 ws.load_runbook(&extra);
             }
@@ -234,6 +244,34 @@ fn recover_errors<T: DeserializeOwned>(
     issues
 }
 
+/// The `cmdb` and `runbooks` paths of a config that could not be read as a whole:
+/// the values written (when they are paths), else the defaults (when left out).
+fn paths_of_broken_config(
+    node: &Located<Node>,
+    base: &Path,
+) -> (Option<Located<PathBuf>>, Option<Located<PathBuf>>) {
+    if !matches!(node.value, Node::Map(_)) {
+        return (None, None);
+    }
+    let path = |key: &str, default: &str| {
+        let written = match node.get(key) {
+            None => Some(Located::new(Location::default(), PathBuf::from(default))),
+            Some(n) => from_node::<Located<PathBuf>>(n).ok(),
+        };
+        written.map(|p| p.map(|p| resolve(base, &p)))
+    };
+    (path("cmdb", "cmdb.yaml"), path("runbooks", "../runbooks"))
+}
+
+/// Whether two paths name the same file (however they are spelt).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 /// A default-valued location (a field left out) points at the start of the file.
 fn non_zero(loc: Location) -> Location {
     if loc.line == 0 {
@@ -290,13 +328,12 @@ fn resolve_config_paths(c: &mut Config, base: &Path) {
         c.state.url.value = format!("sqlite://{}", resolved.display());
     }
     for p in &mut c.plugins {
-        if let Some(program) = p.command.value.first_mut() {
-            if program.contains('/') {
+        if let Some(program) = p.command.value.first_mut()
+            && program.contains('/') {
                 *program = resolve(base, Path::new(program.as_str()))
                     .display()
                     .to_string();
             }
-        }
     }
 }
 

@@ -327,14 +327,13 @@ fn check_runbook(
     for site in [&rb.from, &rb.to].into_iter().flatten() {
         s.known("site", site, sites.iter().copied());
     }
-    if let (Some(from), Some(to)) = (&rb.from, &rb.to) {
-        if from.value == to.value {
+    if let (Some(from), Some(to)) = (&rb.from, &rb.to)
+        && from.value == to.value {
             s.err(
                 to.loc,
                 format!("`to` is the same site as `from` (`{from}`)"),
             );
         }
-    }
     if rb.max_parallel == Some(0) {
         s.err(rb.name.loc, "max_parallel must be at least 1");
     }

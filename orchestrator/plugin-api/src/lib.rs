@@ -33,6 +33,11 @@ pub trait ActionSpec: Send + Sync {
     fn compensable(&self) -> bool {
         false
     }
+    /// Whether this use of the action (with these parameters) can be undone; e.g.
+    /// `exec.run` only when it has an `undo` command.
+    fn can_compensate(&self, _with: &Located<Node>) -> bool {
+        self.compensable()
+    }
     /// Checks `with:` without I/O: types, required parameters, names of target systems.
     fn validate(&self, with: &Located<Node>, cx: &ParamCx<'_>) -> Vec<Issue>;
 }
@@ -53,7 +58,7 @@ pub trait Action: ActionSpec {
 }
 
 /// How an attempt failed. The engine decides what happens next.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum ActionError {
     /// Worth another attempt (connection refused, not ready yet).
@@ -123,8 +128,38 @@ pub struct StepContext {
     pub cancel: CancellationToken,
     /// When this attempt's time is up.
     pub deadline: Instant,
-    /// Gates: whether `--yes` (or an approval) was given for this run.
+    /// Gates: whether `--yes` was given for this run (approves every gate).
     pub approved: bool,
+    /// Asks a person to release a `manual.approve` gate.
+    pub approver: Arc<dyn Approver>,
+}
+
+/// Who released a gate, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Approval {
+    pub by: String,
+    /// `--yes`, `terminal`, `api`.
+    pub via: String,
+}
+
+/// Releases `manual.approve` gates: a terminal prompt in the CLI, the API in the daemon.
+#[async_trait]
+pub trait Approver: Send + Sync {
+    /// Waits for a decision; `Err` carries why the gate stays closed.
+    async fn approve(&self, run_id: &str, step: &str, prompt: &str) -> Result<Approval, String>;
+}
+
+/// An approver that never approves: for runs with nobody to ask.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoApprover;
+
+#[async_trait]
+impl Approver for NoApprover {
+    async fn approve(&self, _run_id: &str, step: &str, _prompt: &str) -> Result<Approval, String> {
+        Err(format!(
+            "step `{step}` needs an approval and nobody can give it here: rerun with --yes, or approve it through the API"
+        ))
+    }
 }
 
 impl fmt::Debug for StepContext {

@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use drover_model::config::{ExternalKind, ExternalPlugin};
+use async_trait::async_trait;
+use drover_model::config::ExternalPlugin;
 use drover_model::{Issue, Located, Node, ParamCx};
-use drover_plugin_api::{ActionClass, ActionSpec, Registry, TypedSpec};
+use drover_plugin_api::{
+    Action, ActionClass, ActionError, ActionSpec, Preview, Registry, StepContext, StepOutput,
+    parse_params,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,64 +66,138 @@ fn env_names(env: &BTreeMap<String, String>, loc: drover_model::Location) -> Opt
         })
 }
 
-/// An executable declared in the config under `plugins:`, used as `uses: ext.NAME`.
-/// It gets one JSON request on stdin and answers one JSON result on stdout
-/// (`docs/PLUGINS.md`). Its parameters are its own business: any mapping is accepted
-/// at load time.
-#[derive(Debug, Clone)]
-pub struct External {
-    pub kind: String,
-    pub plugin: ExternalPlugin,
-}
+pub mod process;
 
-impl ActionSpec for External {
+/// `exec.run`: runs a command; a non-zero exit fails the attempt (retryable).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecRun;
+
+/// `exec.check`: passes when the command exits 0.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecCheck;
+
+impl ActionSpec for ExecRun {
     fn kind(&self) -> &str {
-        &self.kind
+        "exec.run"
     }
     fn class(&self) -> ActionClass {
-        match self.plugin.kind {
-            ExternalKind::Check => ActionClass::Check,
-            ExternalKind::Change => ActionClass::Change,
-        }
+        ActionClass::Change
     }
     fn compensable(&self) -> bool {
-        self.plugin.compensable
+        true
     }
-    fn validate(&self, _with: &Located<Node>, _cx: &ParamCx<'_>) -> Vec<Issue> {
-        Vec::new()
+    fn can_compensate(&self, with: &Located<Node>) -> bool {
+        with.get("undo").is_some()
+    }
+    fn validate(&self, with: &Located<Node>, _: &ParamCx<'_>) -> Vec<Issue> {
+        match parse_params::<RunParams>(with) {
+            Ok(p) => {
+                let mut out: Vec<Issue> = argv(&p.command, "command").into_iter().collect();
+                out.extend(p.undo.as_ref().and_then(|u| argv(u, "undo")));
+                out.extend(env_names(&p.env, p.command.loc));
+                out
+            }
+            Err(e) => e,
+        }
     }
 }
+
+#[async_trait]
+impl Action for ExecRun {
+    async fn plan(&self, cx: &StepContext) -> Result<Preview, ActionError> {
+        let p: RunParams = cx.params()?;
+        Ok(Preview {
+            summary: format!("run `{}`", p.command.join(" ")),
+        })
+    }
+
+    async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError> {
+        let p: RunParams = cx.params()?;
+        let done = process::run(&p.command, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
+        if done.success() {
+            Ok(
+                StepOutput::new(format!("`{}` exited 0", p.command.join(" ")))
+                    .with_data(done.to_json()),
+            )
+        } else {
+            Err(ActionError::Retryable(done.failure_message()))
+        }
+    }
+
+    async fn compensate(
+        &self,
+        cx: &StepContext,
+        _done: Option<&StepOutput>,
+    ) -> Result<(), ActionError> {
+        let p: RunParams = cx.params()?;
+        let Some(undo) = &p.undo else { return Ok(()) };
+        let done = process::run(undo, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
+        if done.success() {
+            Ok(())
+        } else {
+            Err(ActionError::Retryable(done.failure_message()))
+        }
+    }
+}
+
+impl ActionSpec for ExecCheck {
+    fn kind(&self) -> &str {
+        "exec.check"
+    }
+    fn class(&self) -> ActionClass {
+        ActionClass::Check
+    }
+    fn validate(&self, with: &Located<Node>, _: &ParamCx<'_>) -> Vec<Issue> {
+        match parse_params::<CheckParams>(with) {
+            Ok(p) => argv(&p.command, "command")
+                .into_iter()
+                .chain(env_names(&p.env, p.command.loc))
+                .collect(),
+            Err(e) => e,
+        }
+    }
+}
+
+#[async_trait]
+impl Action for ExecCheck {
+    async fn plan(&self, cx: &StepContext) -> Result<Preview, ActionError> {
+        let p: CheckParams = cx.params()?;
+        Ok(Preview {
+            summary: format!("check that `{}` exits 0", p.command.join(" ")),
+        })
+    }
+
+    async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError> {
+        let p: CheckParams = cx.params()?;
+        let done = process::run(&p.command, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
+        if done.success() {
+            Ok(
+                StepOutput::new(format!("`{}` exited 0", p.command.join(" ")))
+                    .with_data(done.to_json()),
+            )
+        } else {
+            Err(ActionError::Retryable(done.failure_message()))
+        }
+    }
+
+    async fn compensate(&self, _: &StepContext, _: Option<&StepOutput>) -> Result<(), ActionError> {
+        Ok(())
+    }
+}
+
+pub mod external;
+pub use external::External;
 
 /// Registers `exec.run` and `exec.check`.
 pub fn register(reg: &mut Registry) {
-    reg.add_spec(Arc::new(TypedSpec::<RunParams> {
-        kind: "exec.run",
-        class: ActionClass::Change,
-        compensable: true,
-        check: |p, _| {
-            let mut out: Vec<Issue> = argv(&p.command, "command").into_iter().collect();
-            out.extend(p.undo.as_ref().and_then(|u| argv(u, "undo")));
-            out.extend(env_names(&p.env, p.command.loc));
-            out
-        },
-    }));
-    reg.add_spec(Arc::new(TypedSpec::<CheckParams> {
-        kind: "exec.check",
-        class: ActionClass::Check,
-        compensable: false,
-        check: |p, _| {
-            argv(&p.command, "command")
-                .into_iter()
-                .chain(env_names(&p.env, p.command.loc))
-                .collect()
-        },
-    }));
+    reg.add(Arc::new(ExecRun));
+    reg.add(Arc::new(ExecCheck));
 }
 
 /// Registers one `ext.NAME` action per external plugin of the config.
 pub fn register_external(reg: &mut Registry, plugins: &[ExternalPlugin]) {
     for p in plugins {
-        reg.add_spec(Arc::new(External {
+        reg.add(Arc::new(External {
             kind: format!("ext.{}", p.name),
             plugin: p.clone(),
         }));

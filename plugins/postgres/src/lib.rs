@@ -92,22 +92,20 @@ pub fn register(reg: &mut Registry) {
         compensable: true,
         check: |p, cx| {
             let mut out = issues([cx.database(&p.database).map(drop)]);
-            if let Some(i) = &p.interval {
-                if i.0.is_zero() {
+            if let Some(i) = &p.interval
+                && i.0.is_zero() {
                     out.push(drover_model::Issue::new(
                         i.loc,
                         "interval must be longer than zero",
                     ));
                 }
-            }
-            if let Some(t) = &p.table {
-                if !is_identifier(t) {
+            if let Some(t) = &p.table
+                && !is_identifier(t) {
                     out.push(drover_model::Issue::new(
                         t.loc,
                         "table must be a plain lower-case SQL identifier (letters, digits, `_`)",
                     ));
                 }
-            }
             out
         },
     }));

@@ -2,6 +2,8 @@
 
 pub mod cmdb;
 pub mod plan;
+pub mod run;
+pub mod runs;
 pub mod schema;
 pub mod validate;
 

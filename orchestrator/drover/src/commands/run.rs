@@ -1,0 +1,233 @@
+//! `drover drill`, `failover`, `verify` and `resume`: start or continue a run, show its
+//! progress live, print its summary, exit with its outcome.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_engine::journal::RunOptions;
+use drover_engine::view::RunView;
+use drover_engine::{Engine, EngineError, RunState, StartRequest, Store};
+use drover_model::{Config, RunMode};
+use drover_plugin_api::{CancellationToken, Registry};
+
+use crate::cli::{Cli, TextJson};
+use crate::progress::Ui;
+use crate::workspace::{load, load_runbook};
+use crate::{CmdResult, Exit, Failure};
+
+/// Options of `drill` / `failover` / `verify`.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub yes: bool,
+    pub declared_at: Option<String>,
+    pub force_lag: bool,
+    pub ack: bool,
+}
+
+/// Opens the configured state store.
+pub fn open_store(config: &Config) -> Result<Store, Failure> {
+    Store::open_url(&config.state.url).map_err(|e| Failure::Other(e.into()))
+}
+
+fn user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Ctrl-C once: stop starting steps. Twice (or SIGTERM): cancel the ones in flight.
+fn watch_signals(stop: CancellationToken, abort: CancellationToken, ui: Arc<Ui>) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut presses = 0;
+        loop {
+            let sigterm = async {
+                match &mut term {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if r.is_err() { return; }
+                    presses += 1;
+                    if presses == 1 {
+                        ui.line("stopping: no new steps start; steps in flight go on to their end (Ctrl-C again cancels them)");
+                        stop.cancel();
+                    } else {
+                        ui.line("cancelling the steps in flight");
+                        abort.cancel();
+                    }
+                }
+                () = sigterm => {
+                    ui.line("terminated: cancelling the steps in flight");
+                    stop.cancel();
+                    abort.cancel();
+                }
+            }
+        }
+    });
+}
+
+fn engine(config: &Config, registry: Registry, ui: Arc<Ui>) -> Result<Engine, Failure> {
+    Ok(Engine {
+        store: open_store(config)?,
+        registry: Arc::new(registry),
+        config: Arc::new(config.clone()),
+        observer: ui.clone(),
+        approver: ui,
+        retry_backoff: Duration::from_secs(1),
+        stop: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.into()))
+}
+
+/// Asks the operator to confirm a failover; refuses when stdin is not a terminal.
+fn confirm_failover(plan_text: &str, service: &str) -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "refusing to fail over without --yes: stdin is not a terminal to confirm on"
+        )));
+    }
+    eprintln!("{plan_text}");
+    eprint!("This is a real failover of `{service}`. Type the service name to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() == service {
+        Ok(())
+    } else {
+        eprintln!("not confirmed: nothing was changed");
+        Err(Failure::Reported(Exit::Failed))
+    }
+}
+
+fn engine_error(e: EngineError) -> Failure {
+    match e {
+        EngineError::Refused(m) => {
+            eprintln!("refused: {m}");
+            Failure::Reported(Exit::Failed)
+        }
+        EngineError::Invalid(m) => Failure::Usage(anyhow::anyhow!(m)),
+        EngineError::Store(e) => Failure::Other(e.into()),
+    }
+}
+
+pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson) -> CmdResult {
+    let (loaded, rb) = load_runbook(&cli.config, arg)?;
+    let config = loaded.config().clone();
+    let cmdb = loaded.cmdb().clone();
+    let path = loaded
+        .ws
+        .runbooks
+        .iter()
+        .find(|r| {
+            r.runbook
+                .as_ref()
+                .is_some_and(|x| x.name.value == rb.name.value)
+        })
+        .map(|r| r.path.clone())
+        .unwrap_or_default();
+    let source = loaded.ws.source(&path).unwrap_or_default().to_owned();
+    let declared_at = match &flags.declared_at {
+        Some(t) => Some(humantime::parse_rfc3339_weak(t).map_err(|e| {
+            Failure::Usage(anyhow::anyhow!(
+                "--declared-at `{t}`: {e} (write e.g. 2026-11-27T03:12:00Z)"
+            ))
+        })?),
+        None => None,
+    };
+    let graph = drover_model::graph::CiGraph::new(&cmdb);
+    let plan =
+        drover_engine::plan(&rb, &cmdb, &graph).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+    if mode == RunMode::Failover && !flags.yes {
+        confirm_failover(&super::plan::text(&plan, &rb), &rb.service)?;
+    }
+    let total = if mode == RunMode::Verify {
+        0
+    } else {
+        rb.steps.len()
+    };
+    let ui = Arc::new(Ui::new(
+        format!("{} {}", mode.as_str(), rb.name),
+        total,
+        plan.targets.rto_s,
+    ));
+    let registry = loaded.registry;
+    let engine = engine(&config, registry, ui.clone())?;
+    let req = StartRequest {
+        runbook: rb.clone(),
+        runbook_source: source,
+        runbook_path: path,
+        cmdb,
+        mode,
+        declared_at,
+        options: RunOptions {
+            yes: flags.yes,
+            force_lag: flags.force_lag,
+            ack: flags.ack,
+            max_parallel: rb.max_parallel.unwrap_or(config.engine.max_parallel),
+            requested_by: user(),
+        },
+    };
+    let rt = runtime()?;
+    let state = rt.block_on(async {
+        watch_signals(engine.stop.clone(), engine.abort.clone(), ui.clone());
+        engine.start(req).await
+    });
+    ui.finish();
+    let state = state.map_err(engine_error)?;
+    report(&engine.store, &state, format)
+}
+
+pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
+    let loaded = load(&cli.config, &[])?;
+    let config = loaded.config().clone();
+    let cmdb = loaded.cmdb().clone();
+    let store = open_store(&config)?;
+    let id = super::runs::resolve(&store, run)?;
+    let ui = Arc::new(Ui::new(format!("resume {id}"), 0, None));
+    let mut engine = engine(&config, loaded.registry, ui.clone())?;
+    engine.store = store;
+    let rt = runtime()?;
+    let state = rt.block_on(async {
+        watch_signals(engine.stop.clone(), engine.abort.clone(), ui.clone());
+        engine.resume(&id, &cmdb, yes).await
+    });
+    ui.finish();
+    let state = state.map_err(engine_error)?;
+    report(&engine.store, &state, format)
+}
+
+/// Prints the run and turns its outcome into the exit code.
+pub fn report(store: &Store, state: &RunState, format: TextJson) -> CmdResult {
+    let live = drover_engine::is_live(store, &state.id);
+    let view = RunView::new(state, live);
+    match format {
+        TextJson::Json => super::print_json(&view)?,
+        TextJson::Text => print!("{}", super::runs::text(&view)),
+    }
+    Ok(match state.finished.as_ref().map(|f| f.outcome) {
+        Some(drover_engine::Outcome::Passed) => Exit::Passed,
+        Some(drover_engine::Outcome::TargetsMissed) => Exit::TargetsMissed,
+        Some(_) => Exit::Failed,
+        None => {
+            eprintln!(
+                "run {} was interrupted: continue it with `drover resume {}`",
+                state.id, state.id
+            );
+            Exit::Failed
+        }
+    })
+}

@@ -1,0 +1,324 @@
+//! The journal: the append-only list of what happened in a run, written before and after
+//! every side effect. It is the source of truth: the live view, `runs show`, resume and
+//! the reports are all computed from it ([`crate::state::RunState`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use drover_model::RunMode;
+use drover_plugin_api::{ActionError, StepOutput};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+use crate::store::{Store, StoreError};
+
+/// Which part of a run a step or check belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Preflight,
+    Steps,
+    Verify,
+    Compensation,
+    Rollback,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Ok,
+    Failed,
+    /// A change that timed out or lost contact: it may or may not have happened.
+    OutcomeUnknown,
+}
+
+/// Why the rollback steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackReason {
+    /// A step or verify check failed.
+    Failure,
+    /// The end of a drill.
+    DrillCleanup,
+}
+
+/// A run's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Passed,
+    TargetsMissed,
+    Failed,
+    Stuck,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::TargetsMissed => "targets_missed",
+            Outcome::Failed => "failed",
+            Outcome::Stuck => "stuck",
+        }
+    }
+}
+
+/// Options the run was started with, recorded so that a resume behaves the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOptions {
+    pub yes: bool,
+    pub force_lag: bool,
+    pub ack: bool,
+    pub max_parallel: usize,
+    pub requested_by: String,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        runbook: String,
+        service: String,
+        mode: RunMode,
+        /// When the outage was declared (RTO counts from here), RFC 3339.
+        declared_at: Option<String>,
+        /// Seconds between `declared_at` and the run's start.
+        declared_before_s: f64,
+        options: RunOptions,
+        plan: Box<Plan>,
+        /// The runbook file as it was when the run started; resume uses this copy.
+        runbook_source: String,
+        runbook_path: String,
+        host: String,
+        pid: u32,
+    },
+    /// A later process took the run over (`drover resume`).
+    Resumed {
+        pid: u32,
+        /// Run-clock seconds at the resume (wall clock since the start).
+        host: String,
+    },
+    CheckPassed {
+        phase: Phase,
+        name: String,
+        attempts: u32,
+        summary: String,
+        /// Run-clock seconds of the first pass.
+        at_s: f64,
+        data: serde_json::Value,
+    },
+    CheckFailed {
+        phase: Phase,
+        name: String,
+        attempts: u32,
+        error: String,
+    },
+    StepStarted {
+        phase: Phase,
+        step: String,
+        attempt: u32,
+    },
+    StepAttemptFailed {
+        phase: Phase,
+        step: String,
+        attempt: u32,
+        error: ActionError,
+        /// Seconds until the next attempt; `None` when there is none.
+        retry_in_s: Option<f64>,
+    },
+    StepFinished {
+        phase: Phase,
+        step: String,
+        status: StepStatus,
+        attempts: u32,
+        output: Option<StepOutput>,
+        error: Option<String>,
+    },
+    /// The first permanent failure: no further steps start.
+    Halted {
+        reason: String,
+    },
+    /// Every verify check passed: the RTO clock stops here.
+    Recovered {
+        rto_s: f64,
+    },
+    RollbackStarted {
+        reason: RollbackReason,
+    },
+    /// Ctrl-C or shutdown: the run stopped at a journaled point and can be resumed.
+    Interrupted {
+        reason: String,
+    },
+    RunFinished {
+        outcome: Outcome,
+        rto_s: Option<f64>,
+        rpo_s: Option<f64>,
+        reason: String,
+    },
+}
+
+impl Event {
+    /// Short name of the event kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::RunStarted { .. } => "run_started",
+            Event::Resumed { .. } => "resumed",
+            Event::CheckPassed { .. } => "check_passed",
+            Event::CheckFailed { .. } => "check_failed",
+            Event::StepStarted { .. } => "step_started",
+            Event::StepAttemptFailed { .. } => "step_attempt_failed",
+            Event::StepFinished { .. } => "step_finished",
+            Event::Halted { .. } => "halted",
+            Event::Recovered { .. } => "recovered",
+            Event::RollbackStarted { .. } => "rollback_started",
+            Event::Interrupted { .. } => "interrupted",
+            Event::RunFinished { .. } => "run_finished",
+        }
+    }
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Wall clock, RFC 3339 UTC, for display.
+    pub at: String,
+    /// Run clock: seconds since the run started (monotonic within a process).
+    pub t: f64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Sees records as they are appended (live progress).
+pub trait Observer: Send + Sync {
+    fn record(&self, rec: &Record);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn record(&self, _: &Record) {}
+}
+
+/// The run clock: monotonic within a process, continued across a resume by the wall
+/// clock (the only clock two processes share).
+#[derive(Debug, Clone, Copy)]
+pub struct RunClock {
+    origin: Instant,
+    /// Run-clock seconds at `origin`.
+    offset: Duration,
+}
+
+impl RunClock {
+    /// A clock starting now at zero.
+    pub fn start() -> Self {
+        RunClock {
+            origin: Instant::now(),
+            offset: Duration::ZERO,
+        }
+    }
+
+    /// A clock for a resumed run that started at `started` (wall clock).
+    pub fn resume(started: SystemTime) -> Self {
+        RunClock {
+            origin: Instant::now(),
+            offset: SystemTime::now()
+                .duration_since(started)
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.offset + self.origin.elapsed()
+    }
+
+    pub fn secs(&self) -> f64 {
+        self.now().as_secs_f64()
+    }
+}
+
+/// Appends records to one run's journal and tells the observer.
+#[derive(Clone)]
+pub struct Journal {
+    store: Store,
+    run_id: Arc<str>,
+    next: Arc<Mutex<u64>>,
+    clock: RunClock,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Formats a wall-clock time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Journal {
+    pub fn new(
+        store: Store,
+        run_id: &str,
+        next_seq: u64,
+        clock: RunClock,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Journal {
+            store,
+            run_id: run_id.into(),
+            next: Arc::new(Mutex::new(next_seq)),
+            clock,
+            observer,
+        }
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn clock(&self) -> RunClock {
+        self.clock
+    }
+
+    /// Appends `event`; when this returns, the record survives a crash of drover.
+    pub fn append(&self, event: Event) -> Result<Record, StoreError> {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = Record {
+            seq: *next,
+            at: rfc3339(SystemTime::now()),
+            t: self.clock.secs(),
+            event,
+        };
+        let json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
+        self.store.append(&self.run_id, rec.seq, &json)?;
+        *next += 1;
+        drop(next);
+        self.observer.record(&rec);
+        Ok(rec)
+    }
+}
+
+/// Reads a run's records back.
+pub fn load_records(store: &Store, run_id: &str) -> Result<Vec<Record>, StoreError> {
+    store
+        .records(run_id)?
+        .into_iter()
+        .map(|r| {
+            serde_json::from_str::<Record>(&r.json).map_err(|e| {
+                StoreError::Other(format!(
+                    "run {run_id}: journal record {} is unreadable: {e}",
+                    r.seq
+                ))
+            })
+        })
+        .collect()
+}

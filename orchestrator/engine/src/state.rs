@@ -1,0 +1,301 @@
+//! A run's state, rebuilt from its journal by replaying the records in order. The live
+//! engine, `runs show`, `resume` and the reports all read runs through this.
+
+use std::collections::HashMap;
+
+use drover_model::RunMode;
+use drover_plugin_api::StepOutput;
+use serde::Serialize;
+
+use crate::journal::{Event, Outcome, Phase, Record, RollbackReason, RunOptions, StepStatus};
+use crate::plan::Plan;
+
+/// One step (or compensation) as the journal tells it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepState {
+    pub phase: Phase,
+    pub id: String,
+    /// `None` while not finished.
+    pub status: Option<StepStatus>,
+    pub attempts: u32,
+    /// Whether an attempt was started and has not ended (a crash leaves it so).
+    pub in_flight: bool,
+    pub started_at: Option<String>,
+    pub started_t: Option<f64>,
+    pub finished_at: Option<String>,
+    pub finished_t: Option<f64>,
+    pub output: Option<StepOutput>,
+    pub error: Option<String>,
+    /// Errors of failed attempts, in order.
+    pub attempt_errors: Vec<String>,
+    /// Journal sequence of the finish, for undoing in reverse order.
+    pub finish_seq: Option<u64>,
+}
+
+/// One preflight or verify check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckState {
+    pub phase: Phase,
+    pub name: String,
+    pub passed: bool,
+    pub attempts: u32,
+    /// Run-clock seconds of the first pass.
+    pub at_s: Option<f64>,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finish {
+    pub outcome: Outcome,
+    pub rto_s: Option<f64>,
+    pub rpo_s: Option<f64>,
+    pub reason: String,
+    pub at: String,
+}
+
+/// A run as its journal tells it.
+#[derive(Debug, Clone, Default)]
+pub struct RunState {
+    pub id: String,
+    pub runbook: String,
+    pub service: String,
+    pub mode: Option<RunMode>,
+    pub declared_at: Option<String>,
+    pub declared_before_s: f64,
+    pub options: RunOptions,
+    pub plan: Option<Plan>,
+    pub runbook_source: String,
+    pub runbook_path: String,
+    pub started_at: String,
+    pub steps: Vec<StepState>,
+    index: HashMap<(Phase, String), usize>,
+    pub checks: Vec<CheckState>,
+    check_index: HashMap<(Phase, String), usize>,
+    pub halted: Option<String>,
+    pub recovered_s: Option<f64>,
+    pub rollbacks: Vec<RollbackReason>,
+    pub interrupted: Option<String>,
+    pub resumes: u32,
+    pub finished: Option<Finish>,
+    pub last_seq: Option<u64>,
+    pub last_t: f64,
+    pub last_at: String,
+}
+
+impl RunState {
+    /// Replays records (in order).
+    pub fn from_records<'a>(id: &str, records: impl IntoIterator<Item = &'a Record>) -> RunState {
+        let mut s = RunState {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        for r in records {
+            s.apply(r);
+        }
+        s
+    }
+
+    pub fn step(&self, phase: Phase, id: &str) -> Option<&StepState> {
+        self.index
+            .get(&(phase, id.to_owned()))
+            .map(|&i| &self.steps[i])
+    }
+
+    pub fn check(&self, phase: Phase, name: &str) -> Option<&CheckState> {
+        self.check_index
+            .get(&(phase, name.to_owned()))
+            .map(|&i| &self.checks[i])
+    }
+
+    fn step_mut(&mut self, phase: Phase, id: &str) -> &mut StepState {
+        let key = (phase, id.to_owned());
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.steps.push(StepState {
+                    phase,
+                    id: id.to_owned(),
+                    status: None,
+                    attempts: 0,
+                    in_flight: false,
+                    started_at: None,
+                    started_t: None,
+                    finished_at: None,
+                    finished_t: None,
+                    output: None,
+                    error: None,
+                    attempt_errors: Vec::new(),
+                    finish_seq: None,
+                });
+                self.index.insert(key, self.steps.len() - 1);
+                self.steps.len() - 1
+            }
+        };
+        &mut self.steps[i]
+    }
+
+    fn check_mut(&mut self, phase: Phase, name: &str) -> &mut CheckState {
+        let key = (phase, name.to_owned());
+        let i = match self.check_index.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.checks.push(CheckState {
+                    phase,
+                    name: name.to_owned(),
+                    passed: false,
+                    attempts: 0,
+                    at_s: None,
+                    summary: None,
+                    error: None,
+                    data: serde_json::Value::Null,
+                });
+                self.check_index.insert(key, self.checks.len() - 1);
+                self.checks.len() - 1
+            }
+        };
+        &mut self.checks[i]
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, r: &Record) {
+        self.last_seq = Some(r.seq);
+        self.last_t = r.t;
+        self.last_at.clone_from(&r.at);
+        match &r.event {
+            Event::RunStarted {
+                runbook,
+                service,
+                mode,
+                declared_at,
+                declared_before_s,
+                options,
+                plan,
+                runbook_source,
+                runbook_path,
+                ..
+            } => {
+                self.runbook.clone_from(runbook);
+                self.service.clone_from(service);
+                self.mode = Some(*mode);
+                self.declared_at.clone_from(declared_at);
+                self.declared_before_s = *declared_before_s;
+                self.options = options.clone();
+                self.plan = Some((**plan).clone());
+                self.runbook_source.clone_from(runbook_source);
+                self.runbook_path.clone_from(runbook_path);
+                self.started_at.clone_from(&r.at);
+            }
+            Event::Resumed { .. } => {
+                self.resumes += 1;
+                self.interrupted = None;
+            }
+            Event::CheckPassed {
+                phase,
+                name,
+                attempts,
+                summary,
+                at_s,
+                data,
+            } => {
+                let c = self.check_mut(*phase, name);
+                c.passed = true;
+                c.attempts += attempts;
+                c.at_s = Some(*at_s);
+                c.summary = Some(summary.clone());
+                c.error = None;
+                c.data = data.clone();
+            }
+            Event::CheckFailed {
+                phase,
+                name,
+                attempts,
+                error,
+            } => {
+                let c = self.check_mut(*phase, name);
+                c.passed = false;
+                c.attempts += attempts;
+                c.error = Some(error.clone());
+            }
+            Event::StepStarted {
+                phase,
+                step,
+                attempt,
+            } => {
+                let (at, t) = (r.at.clone(), r.t);
+                let s = self.step_mut(*phase, step);
+                s.attempts = s.attempts.max(*attempt);
+                s.in_flight = true;
+                if s.started_at.is_none() {
+                    s.started_at = Some(at);
+                    s.started_t = Some(t);
+                }
+            }
+            Event::StepAttemptFailed {
+                phase, step, error, ..
+            } => {
+                let s = self.step_mut(*phase, step);
+                s.in_flight = false;
+                s.attempt_errors.push(error.to_string());
+            }
+            Event::StepFinished {
+                phase,
+                step,
+                status,
+                attempts,
+                output,
+                error,
+            } => {
+                let (at, t, seq) = (r.at.clone(), r.t, r.seq);
+                let s = self.step_mut(*phase, step);
+                s.status = Some(*status);
+                s.attempts = s.attempts.max(*attempts);
+                s.in_flight = false;
+                s.finished_at = Some(at);
+                s.finished_t = Some(t);
+                s.output.clone_from(output);
+                s.error.clone_from(error);
+                s.finish_seq = Some(seq);
+            }
+            Event::Halted { reason } => {
+                if self.halted.is_none() {
+                    self.halted = Some(reason.clone());
+                }
+            }
+            Event::Recovered { rto_s } => self.recovered_s = Some(*rto_s),
+            Event::RollbackStarted { reason } => self.rollbacks.push(*reason),
+            Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
+            Event::RunFinished {
+                outcome,
+                rto_s,
+                rpo_s,
+                reason,
+            } => {
+                self.finished = Some(Finish {
+                    outcome: *outcome,
+                    rto_s: *rto_s,
+                    rpo_s: *rpo_s,
+                    reason: reason.clone(),
+                    at: r.at.clone(),
+                });
+            }
+        }
+    }
+
+    /// Whether the step finished ok.
+    pub fn step_ok(&self, phase: Phase, id: &str) -> bool {
+        self.step(phase, id)
+            .is_some_and(|s| s.status == Some(StepStatus::Ok))
+    }
+
+    /// Attempts made so far (a resumed step goes on counting).
+    pub fn attempts(&self, phase: Phase, id: &str) -> u32 {
+        self.step(phase, id).map_or(0, |s| s.attempts)
+    }
+
+    pub fn check_passed(&self, phase: Phase, name: &str) -> bool {
+        self.check(phase, name).is_some_and(|c| c.passed)
+    }
+}

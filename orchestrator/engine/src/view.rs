@@ -1,0 +1,290 @@
+//! The JSON view of a run (`drover runs show --format json`, the API), computed from
+//! its state: outcome, RTO/RPO against target, every step's timeline, the critical path
+//! actually taken and when each CI was recovered.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::journal::{Phase, StepStatus};
+use crate::state::RunState;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub target_s: Option<f64>,
+    pub achieved_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub id: String,
+    pub phase: Phase,
+    pub ci: Option<String>,
+    pub uses: Option<String>,
+    /// pending, running, ok, failed, outcome_unknown, skipped, interrupted.
+    pub status: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Run-clock seconds.
+    pub start_s: Option<f64>,
+    pub end_s: Option<f64>,
+    pub duration_s: Option<f64>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckView {
+    pub phase: Phase,
+    pub name: String,
+    pub uses: Option<String>,
+    pub passed: Option<bool>,
+    pub attempts: u32,
+    pub at_s: Option<f64>,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CiView {
+    pub id: String,
+    /// Run-clock seconds when its last step or check completed.
+    pub recovered_s: Option<f64>,
+}
+
+/// A run as `--format json` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub runbook: String,
+    pub service: String,
+    pub mode: Option<&'static str>,
+    /// running, interrupted or finished.
+    pub state: &'static str,
+    pub outcome: Option<&'static str>,
+    pub reason: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub declared_at: Option<String>,
+    pub rto: Figure,
+    pub rpo: Figure,
+    pub steps: Vec<StepView>,
+    pub checks: Vec<CheckView>,
+    pub critical_path: Vec<String>,
+    pub cis: Vec<CiView>,
+    pub resumes: u32,
+    /// The ITIL change record (a later part of drover fills this in).
+    pub change: Option<serde_json::Value>,
+}
+
+fn status_name(s: Option<StepStatus>) -> &'static str {
+    match s {
+        Some(StepStatus::Ok) => "ok",
+        Some(StepStatus::Failed) => "failed",
+        Some(StepStatus::OutcomeUnknown) => "outcome_unknown",
+        None => "pending",
+    }
+}
+
+impl RunView {
+    /// Builds the view; `live` says whether a process is running the run now.
+    pub fn new(state: &RunState, live: bool) -> RunView {
+        let run_state = match (&state.finished, live) {
+            (Some(_), _) => "finished",
+            (None, true) => "running",
+            (None, false) => "interrupted",
+        };
+        let plan = state.plan.as_ref();
+        let plan_step = |id: &str| {
+            plan.and_then(|p| p.steps.iter().chain(p.rollback.iter()).find(|s| s.id == id))
+        };
+        let mut steps = Vec::new();
+        // Planned steps in plan order (with those never started), then compensations.
+        let planned: Vec<(Phase, &str)> = plan
+            .map(|p| {
+                p.steps
+                    .iter()
+                    .map(|s| (Phase::Steps, s.id.as_str()))
+                    .chain(p.rollback.iter().map(|s| (Phase::Rollback, s.id.as_str())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let extra = state
+            .steps
+            .iter()
+            .filter(|s| !planned.iter().any(|(ph, id)| *ph == s.phase && *id == s.id))
+            .map(|s| (s.phase, s.id.as_str()));
+        let all: Vec<(Phase, &str)> = planned.iter().copied().chain(extra).collect();
+        for (phase, id) in all {
+            let ps = plan_step(id);
+            let s = state.step(phase, id);
+            let status = match s {
+                Some(s) if s.status.is_some() => status_name(s.status).to_owned(),
+                Some(_) if run_state == "running" => "running".into(),
+                Some(_) => "interrupted".into(),
+                None if phase == Phase::Rollback
+                    && !state.rollbacks.is_empty()
+                    && state.finished.is_some() =>
+                {
+                    "skipped".into()
+                }
+                None if phase == Phase::Rollback => "pending".into(),
+                None if state.halted.is_some()
+                    || (state.finished.is_some()
+                        && state.mode.map(|m| m.as_str()) == Some("verify")) =>
+                {
+                    "skipped".into()
+                }
+                None => "pending".into(),
+            };
+            if phase == Phase::Rollback
+                && s.is_none()
+                && state.rollbacks.is_empty()
+                && state.finished.is_some()
+            {
+                continue; // a rollback that never ran (a passed failover) is not part of the run
+            }
+            steps.push(StepView {
+                id: id.to_owned(),
+                phase,
+                ci: ps.and_then(|p| p.ci.clone()),
+                uses: ps.map(|p| p.uses.clone()),
+                status,
+                started_at: s.and_then(|s| s.started_at.clone()),
+                finished_at: s.and_then(|s| s.finished_at.clone()),
+                start_s: s.and_then(|s| s.started_t),
+                end_s: s.and_then(|s| s.finished_t),
+                duration_s: s.and_then(|s| Some(s.finished_t? - s.started_t?)),
+                attempts: s.map_or(0, |s| s.attempts),
+                error: s.and_then(|s| s.error.clone().or_else(|| s.attempt_errors.last().cloned())),
+                summary: s.and_then(|s| s.output.as_ref().map(|o| o.summary.clone())),
+            });
+        }
+        let checks = plan
+            .map(|p| {
+                p.preflight
+                    .iter()
+                    .map(|c| (Phase::Preflight, c))
+                    .chain(p.verify.iter().map(|c| (Phase::Verify, c)))
+                    .map(|(phase, c)| {
+                        let st = state.check(phase, &c.name);
+                        CheckView {
+                            phase,
+                            name: c.name.clone(),
+                            uses: Some(c.uses.clone()),
+                            passed: st.map(|s| s.passed),
+                            attempts: st.map_or(0, |s| s.attempts),
+                            at_s: st.and_then(|s| s.at_s),
+                            summary: st.and_then(|s| s.summary.clone()),
+                            error: st.and_then(|s| s.error.clone()),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let targets = plan.map(|p| p.targets);
+        let rto_achieved = state
+            .finished
+            .as_ref()
+            .and_then(|f| f.rto_s)
+            .or(state.recovered_s);
+        RunView {
+            id: state.id.clone(),
+            runbook: state.runbook.clone(),
+            service: state.service.clone(),
+            mode: state.mode.map(|m| m.as_str()),
+            state: run_state,
+            outcome: state.finished.as_ref().map(|f| f.outcome.as_str()),
+            reason: state
+                .finished
+                .as_ref()
+                .map(|f| f.reason.clone())
+                .or_else(|| state.interrupted.clone()),
+            started_at: state.started_at.clone(),
+            finished_at: state.finished.as_ref().map(|f| f.at.clone()),
+            declared_at: state.declared_at.clone(),
+            rto: Figure {
+                target_s: targets.and_then(|t| t.rto_s),
+                achieved_s: rto_achieved,
+            },
+            rpo: Figure {
+                target_s: targets.and_then(|t| t.rpo_s),
+                achieved_s: state.finished.as_ref().and_then(|f| f.rpo_s),
+            },
+            critical_path: critical_path(state),
+            cis: ci_times(state),
+            resumes: state.resumes,
+            checks,
+            steps,
+            change: None,
+        }
+    }
+}
+
+/// The chain of steps that determined when the last step ended: from the last step to
+/// finish, back through the predecessor (explicit or CMDB-implied) that finished last.
+pub fn critical_path(state: &RunState) -> Vec<String> {
+    let Some(plan) = &state.plan else {
+        return Vec::new();
+    };
+    let end = |id: &str| state.step(Phase::Steps, id).and_then(|s| s.finished_t);
+    let preds: HashMap<&str, Vec<&str>> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.needs.iter().chain(&s.after).map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let mut cur = plan
+        .steps
+        .iter()
+        .filter_map(|s| end(&s.id).map(|t| (t, s.id.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, id)| id);
+    let mut path = Vec::new();
+    while let Some(id) = cur {
+        path.push(id.to_owned());
+        cur = preds
+            .get(id)
+            .and_then(|ps| {
+                ps.iter()
+                    .filter_map(|p| end(p).map(|t| (t, *p)))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+            })
+            .map(|(_, p)| p);
+    }
+    path.reverse();
+    path
+}
+
+/// When each CI's own steps and checks completed.
+pub fn ci_times(state: &RunState) -> Vec<CiView> {
+    let Some(plan) = &state.plan else {
+        return Vec::new();
+    };
+    let mut out: Vec<CiView> = Vec::new();
+    for s in &plan.steps {
+        let Some(ci) = &s.ci else { continue };
+        let t = state
+            .step(Phase::Steps, &s.id)
+            .filter(|x| x.status == Some(StepStatus::Ok))
+            .and_then(|x| x.finished_t);
+        match out.iter_mut().find(|c| &c.id == ci) {
+            Some(c) => {
+                c.recovered_s = match (c.recovered_s, t) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                }
+            }
+            None => out.push(CiView {
+                id: ci.clone(),
+                recovered_s: t,
+            }),
+        }
+    }
+    out
+}
