@@ -12,20 +12,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 passed, 1 failed or stuck, 2 invalid input or usage, 3 targets missed.
 #[derive(Debug, Parser)]
-#[command(
-    name = "drover",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "drover", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// The configuration file (it names the CMDB and the runbooks folder).
-    #[arg(
-        long,
-        global = true,
-        env = "DROVER_CONFIG",
-        default_value = "config/drover.yaml"
-    )]
+    #[arg(long, global = true, env = "DROVER_CONFIG", default_value = "config/drover.yaml")]
     pub config: PathBuf,
 
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.

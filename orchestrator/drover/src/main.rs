@@ -76,11 +76,7 @@ fn main() -> ExitCode {
         Command::Validate { format } => commands::validate::run(&cli, *format),
         Command::Plan { runbook, format } => commands::plan::run(&cli, runbook, *format),
         Command::Cmdb { command } => commands::cmdb::run(&cli, command),
-        Command::Drill {
-            runbook,
-            yes,
-            format,
-        } => commands::run::start(
+        Command::Drill { runbook, yes, format } => commands::run::start(
             &cli,
             runbook,
             drover_model::RunMode::Drill,

@@ -32,9 +32,7 @@ struct UiState {
 
 impl std::fmt::Debug for Ui {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ui")
-            .field("title", &self.title)
-            .finish_non_exhaustive()
+        f.debug_struct("Ui").field("title", &self.title).finish_non_exhaustive()
     }
 }
 
@@ -60,15 +58,9 @@ fn secs(s: f64) -> String {
 pub fn describe(rec: &Record) -> Option<String> {
     Some(match &rec.event {
         Event::RunStarted {
-            runbook,
-            mode,
-            service,
-            ..
+            runbook, mode, service, ..
         } => {
-            format!(
-                "{} of runbook {runbook} (service {service}) started",
-                mode.as_str()
-            )
+            format!("{} of runbook {runbook} (service {service}) started", mode.as_str())
         }
         Event::Resumed { pid, .. } => format!("resumed by process {pid}"),
         Event::CheckPassed {
@@ -83,19 +75,12 @@ pub fn describe(rec: &Record) -> Option<String> {
             } else {
                 String::new()
             };
-            format!(
-                "✓ {} check `{name}` passed{tries}: {summary}",
-                phase_name(*phase)
-            )
+            format!("✓ {} check `{name}` passed{tries}: {summary}", phase_name(*phase))
         }
-        Event::CheckFailed {
-            phase, name, error, ..
-        } => format!("✗ {} check `{name}` failed: {error}", phase_name(*phase)),
-        Event::StepStarted {
-            phase,
-            step,
-            attempt,
-        } => {
+        Event::CheckFailed { phase, name, error, .. } => {
+            format!("✗ {} check `{name}` failed: {error}", phase_name(*phase))
+        }
+        Event::StepStarted { phase, step, attempt } => {
             if *attempt > 1 {
                 format!("{} `{step}` attempt {attempt}", phase_name(*phase))
             } else {
@@ -114,10 +99,7 @@ pub fn describe(rec: &Record) -> Option<String> {
                 phase_name(*phase),
                 secs(*d)
             ),
-            None => format!(
-                "{} `{step}` attempt {attempt} ended: {error}",
-                phase_name(*phase)
-            ),
+            None => format!("{} `{step}` attempt {attempt} ended: {error}", phase_name(*phase)),
         },
         Event::StepFinished {
             phase,
@@ -130,10 +112,7 @@ pub fn describe(rec: &Record) -> Option<String> {
             StepStatus::Ok => format!(
                 "✓ {} `{step}` done{}",
                 phase_name(*phase),
-                output
-                    .as_ref()
-                    .map(|o| format!(": {}", o.summary))
-                    .unwrap_or_default()
+                output.as_ref().map(|o| format!(": {}", o.summary)).unwrap_or_default()
             ),
             StepStatus::Failed => format!(
                 "✗ {} `{step}` failed: {}",
@@ -141,7 +120,7 @@ pub fn describe(rec: &Record) -> Option<String> {
                 error.clone().unwrap_or_default()
             ),
             StepStatus::OutcomeUnknown => format!(
-                "? {} `{step}` outcome unknown: {}",
+                "? {} `{step}`: {}",
                 phase_name(*phase),
                 error.clone().unwrap_or_default()
             ),
@@ -157,9 +136,7 @@ pub fn describe(rec: &Record) -> Option<String> {
             }
         },
         Event::Interrupted { reason } => format!("interrupted: {reason}"),
-        Event::RunFinished {
-            outcome, reason, ..
-        } => format!("finished: {} ({reason})", outcome.as_str()),
+        Event::RunFinished { outcome, reason, .. } => format!("finished: {} ({reason})", outcome.as_str()),
     })
 }
 
@@ -182,10 +159,8 @@ impl Ui {
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
         let header = multi.add(ProgressBar::new_spinner());
-        header.set_style(
-            ProgressStyle::with_template("{spinner} {msg} · elapsed {elapsed_precise}")
-                .expect("template"),
-        );
+        header
+            .set_style(ProgressStyle::with_template("{spinner} {msg} · elapsed {elapsed_precise}").expect("template"));
         header.enable_steady_tick(Duration::from_millis(120));
         let ui = Ui {
             multi: Some(multi),
@@ -246,18 +221,11 @@ impl Observer for Ui {
         };
         let mut st = self.state.lock().expect("ui lock");
         match &rec.event {
-            Event::StepStarted {
-                phase,
-                step,
-                attempt,
-            } => {
+            Event::StepStarted { phase, step, attempt } => {
                 let key = (*phase, step.clone());
                 let bar = st.bars.entry(key).or_insert_with(|| {
                     let b = multi.add(ProgressBar::new_spinner());
-                    b.set_style(
-                        ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
-                            .expect("template"),
-                    );
+                    b.set_style(ProgressStyle::with_template("  {spinner} {msg} {elapsed}").expect("template"));
                     b.enable_steady_tick(Duration::from_millis(120));
                     b
                 });
@@ -270,10 +238,7 @@ impl Observer for Ui {
                 return;
             }
             Event::StepFinished {
-                phase,
-                step,
-                status,
-                ..
+                phase, step, status, ..
             } => {
                 if let Some(b) = st.bars.remove(&(*phase, step.clone())) {
                     b.finish_and_clear();
@@ -297,9 +262,7 @@ impl Observer for Ui {
 impl Approver for Ui {
     async fn approve(&self, _run_id: &str, step: &str, prompt: &str) -> Result<Approval, String> {
         if !std::io::stdin().is_terminal() {
-            return drover_plugin_api::NoApprover
-                .approve("", step, prompt)
-                .await;
+            return drover_plugin_api::NoApprover.approve("", step, prompt).await;
         }
         let question = format!("approval needed for `{step}`: {prompt} [y/N] ");
         let ask = move || {
@@ -320,9 +283,7 @@ impl Approver for Ui {
                 via: "terminal".into(),
             })
         } else {
-            Err(format!(
-                "`{step}` was not approved by {user} at the terminal"
-            ))
+            Err(format!("`{step}` was not approved by {user} at the terminal"))
         }
     }
 }

@@ -109,12 +109,7 @@ pub fn load_runbook(config: &Path, arg: &str) -> Result<(Loaded, Runbook), Failu
             }
         )));
     };
-    let errors: Vec<Diagnostic> = ws
-        .diagnostics
-        .iter()
-        .filter(|d| d.file == file.path)
-        .cloned()
-        .collect();
+    let errors: Vec<Diagnostic> = ws.diagnostics.iter().filter(|d| d.file == file.path).cloned().collect();
     match (&file.runbook, errors.is_empty()) {
         (Some(rb), true) => {
             let rb = rb.clone();

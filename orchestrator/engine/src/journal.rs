@@ -226,9 +226,7 @@ impl RunClock {
     pub fn resume(started: SystemTime) -> Self {
         RunClock {
             origin: Instant::now(),
-            offset: SystemTime::now()
-                .duration_since(started)
-                .unwrap_or_default(),
+            offset: SystemTime::now().duration_since(started).unwrap_or_default(),
         }
     }
 
@@ -265,13 +263,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Journal {
-    pub fn new(
-        store: Store,
-        run_id: &str,
-        next_seq: u64,
-        clock: RunClock,
-        observer: Arc<dyn Observer>,
-    ) -> Self {
+    pub fn new(store: Store, run_id: &str, next_seq: u64, clock: RunClock, observer: Arc<dyn Observer>) -> Self {
         Journal {
             store,
             run_id: run_id.into(),
@@ -313,12 +305,8 @@ pub fn load_records(store: &Store, run_id: &str) -> Result<Vec<Record>, StoreErr
         .records(run_id)?
         .into_iter()
         .map(|r| {
-            serde_json::from_str::<Record>(&r.json).map_err(|e| {
-                StoreError::Other(format!(
-                    "run {run_id}: journal record {} is unreadable: {e}",
-                    r.seq
-                ))
-            })
+            serde_json::from_str::<Record>(&r.json)
+                .map_err(|e| StoreError::Other(format!("run {run_id}: journal record {} is unreadable: {e}", r.seq)))
         })
         .collect()
 }

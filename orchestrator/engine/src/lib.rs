@@ -8,9 +8,7 @@ pub mod state;
 pub mod store;
 pub mod view;
 
-pub use journal::{
-    Event, Journal, Observer, Outcome, Phase, Quiet, Record, RunOptions, StepStatus,
-};
+pub use journal::{Event, Journal, Observer, Outcome, Phase, Quiet, Record, RunOptions, StepStatus};
 pub use plan::{Plan, PlanStep, plan};
 pub use run::{Engine, EngineError, StartRequest, is_live};
 pub use state::RunState;

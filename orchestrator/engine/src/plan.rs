@@ -79,8 +79,7 @@ pub fn targets(rb: &Runbook, cmdb: &Cmdb) -> Targets {
 /// Never on a validated runbook; a cycle (which validation reports) yields an error.
 pub fn plan(rb: &Runbook, cmdb: &Cmdb, ci_graph: &CiGraph) -> Result<Plan, String> {
     let sg = StepGraph::new(&rb.steps, Some(ci_graph));
-    let order =
-        toposort(&sg.graph, None).map_err(|_| "the steps form a dependency cycle".to_owned())?;
+    let order = toposort(&sg.graph, None).map_err(|_| "the steps form a dependency cycle".to_owned())?;
     let n = sg.graph.node_count();
     // Steps without an estimate count as one second when others have one, and as one
     // step each when none has.
@@ -92,17 +91,13 @@ pub fn plan(rb: &Runbook, cmdb: &Cmdb, ci_graph: &CiGraph) -> Result<Plan, Strin
     // frontier[node]: the nearest steps at or before a node; a step's incoming
     // frontier is what it waits for (`after`).
     let mut frontier: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut after_by_node: std::collections::HashMap<usize, Vec<usize>> =
-        std::collections::HashMap::new();
+    let mut after_by_node: std::collections::HashMap<usize, Vec<usize>> = std::collections::HashMap::new();
     for &node in &order {
         let mut start_level = 0;
         let mut start = 0f64;
         let mut pred = None;
         let mut near: Vec<usize> = Vec::new();
-        for p in sg
-            .graph
-            .neighbors_directed(node, petgraph::Direction::Incoming)
-        {
+        for p in sg.graph.neighbors_directed(node, petgraph::Direction::Incoming) {
             let pi = p.index();
             start_level = start_level.max(level[pi]);
             if pred.is_none() || dist[pi] > start {
@@ -167,12 +162,7 @@ pub fn plan(rb: &Runbook, cmdb: &Cmdb, ci_graph: &CiGraph) -> Result<Plan, Strin
     critical_path.reverse();
     let critical_path_estimate_s = critical_path
         .iter()
-        .map(|id| {
-            rb.steps
-                .iter()
-                .find(|s| s.id.value == *id)
-                .and_then(|s| s.estimate)
-        })
+        .map(|id| rb.steps.iter().find(|s| s.id.value == *id).and_then(|s| s.estimate))
         .try_fold(0f64, |acc, e| e.map(|d| acc + d.as_secs_f64()))
         .filter(|_| !critical_path.is_empty());
     let plan_step = |s: &drover_model::Step, stage: Option<usize>, after: Vec<String>| PlanStep {
@@ -208,11 +198,7 @@ pub fn plan(rb: &Runbook, cmdb: &Cmdb, ci_graph: &CiGraph) -> Result<Plan, Strin
             plan_step(s, Some(stage_of[i]), after)
         })
         .collect();
-    let rollback = rb
-        .rollback
-        .iter()
-        .map(|s| plan_step(s, None, Vec::new()))
-        .collect();
+    let rollback = rb.rollback.iter().map(|s| plan_step(s, None, Vec::new())).collect();
     let mut cis = vec![rb.service.value.clone()];
     cis.extend(
         ci_graph
@@ -220,6 +206,16 @@ pub fn plan(rb: &Runbook, cmdb: &Cmdb, ci_graph: &CiGraph) -> Result<Plan, Strin
             .into_iter()
             .map(|(id, _)| id.to_owned()),
     );
+    // Any other CI a step or check is bound to is touched too.
+    let bound = rb
+        .all_steps()
+        .filter_map(|s| s.ci.as_ref())
+        .chain(rb.preflight.iter().chain(&rb.verify).filter_map(|c| c.ci.as_ref()));
+    for ci in bound {
+        if !cis.contains(&ci.value) {
+            cis.push(ci.value.clone());
+        }
+    }
     let t = targets(rb, cmdb);
     let check = |c: &drover_model::Check| PlanCheck {
         name: c.name.value.clone(),

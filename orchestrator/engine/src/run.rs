@@ -18,15 +18,12 @@ use std::time::{Duration, SystemTime};
 use drover_model::graph::{CiGraph, StepGraph, StepNode};
 use drover_model::runbook::DEFAULT_TIMEOUT;
 use drover_model::{ActionClass, Check, Cmdb, Config, RunMode, Runbook, Step};
-use drover_plugin_api::{
-    Action, ActionError, Approver, CancellationToken, Registry, StepContext, StepOutput,
-};
+use drover_plugin_api::{Action, ActionError, Approver, CancellationToken, Registry, StepContext, StepOutput};
 use petgraph::Direction;
 use tokio::task::JoinSet;
 
 use crate::journal::{
-    Event, Journal, Observer, Outcome, Phase, RollbackReason, RunClock, RunOptions, StepStatus,
-    load_records, rfc3339,
+    Event, Journal, Observer, Outcome, Phase, RollbackReason, RunClock, RunOptions, StepStatus, load_records, rfc3339,
 };
 use crate::plan::plan;
 use crate::state::RunState;
@@ -107,10 +104,9 @@ fn take_run_lock(store: &Store, run_id: &str) -> Result<Option<RunLock>, EngineE
     match file.try_lock() {
         Ok(()) => Ok(Some(RunLock(file))),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(EngineError::Invalid(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(EngineError::Invalid(format!("cannot lock {}: {e}", path.display())))
+        }
     }
 }
 
@@ -133,12 +129,7 @@ fn new_run_id(now: SystemTime) -> String {
             .as_nanos(),
     );
     h.write_u32(std::process::id());
-    format!(
-        "{}-{}-{:04x}",
-        &digits[..8],
-        &digits[8..14],
-        h.finish() & 0xffff
-    )
+    format!("{}-{}-{:04x}", &digits[..8], &digits[8..14], h.finish() & 0xffff)
 }
 
 fn hostname() -> String {
@@ -154,6 +145,8 @@ struct Ctx {
     runbook: Runbook,
     mode: RunMode,
     options: RunOptions,
+    /// Cancelled when the run halts: steps in flight make no further attempts.
+    halt: CancellationToken,
 }
 
 /// How one step ended, for the scheduler.
@@ -165,21 +158,19 @@ enum StepEnd {
 
 impl Engine {
     fn action(&self, uses: &str) -> Result<Arc<dyn Action>, EngineError> {
-        self.registry.action(uses).ok_or_else(|| match self.registry.spec(uses) {
-            Some(_) => EngineError::Refused(format!(
-                "action `{uses}` cannot run in this build yet (its plugin only checks parameters)"
-            )),
-            None => EngineError::Invalid(format!("unknown action `{uses}`")),
-        })
+        self.registry
+            .action(uses)
+            .ok_or_else(|| match self.registry.spec(uses) {
+                Some(_) => EngineError::Refused(format!(
+                    "action `{uses}` cannot run in this build yet (its plugin only checks parameters)"
+                )),
+                None => EngineError::Invalid(format!("unknown action `{uses}`")),
+            })
     }
 
     /// Every action the run would use must be runnable here: refuse before changing anything.
     fn check_runnable(&self, rb: &Runbook, mode: RunMode) -> Result<(), EngineError> {
-        let checks = rb
-            .preflight
-            .iter()
-            .chain(&rb.verify)
-            .map(|c| c.uses.as_str());
+        let checks = rb.preflight.iter().chain(&rb.verify).map(|c| c.uses.as_str());
         let steps = rb.all_steps().map(|s| s.uses.as_str());
         let all: Vec<&str> = if mode == RunMode::Verify {
             checks.collect()
@@ -226,11 +217,8 @@ impl Engine {
             finished_at: None,
         };
         let store = self.store.clone();
-        let created = self.store.create_run(&row, |other| {
-            let r = store.run(other).ok().flatten()?;
-            if r.state == "finished" {
-                return None;
-            }
+        let created = self.store.create_run(&row, |r| {
+            let other = r.id.as_str();
             Some(if is_live(&store, other) {
                 format!(
                     "service `{}` is being worked on by run {other} ({} of runbook {}, started {}): one run per service at a time",
@@ -247,13 +235,7 @@ impl Engine {
         if let Err(why) = created {
             return Err(EngineError::Refused(why));
         }
-        let journal = Journal::new(
-            self.store.clone(),
-            &id,
-            0,
-            RunClock::start(),
-            self.observer.clone(),
-        );
+        let journal = Journal::new(self.store.clone(), &id, 0, RunClock::start(), self.observer.clone());
         journal.append(Event::RunStarted {
             runbook: rb.name.value.clone(),
             service: rb.service.value.clone(),
@@ -273,6 +255,7 @@ impl Engine {
             runbook: req.runbook.clone(),
             mode: req.mode,
             options: req.options,
+            halt: CancellationToken::new(),
         });
         let state = RunState::from_records(&id, &load_records(&self.store, &id)?);
         let result = drive(ctx, state, ci_graph).await;
@@ -293,9 +276,7 @@ impl Engine {
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let age = SystemTime::now()
-            .duration_since(finished)
-            .unwrap_or_default();
+        let age = SystemTime::now().duration_since(finished).unwrap_or_default();
         if age < window {
             return Err(EngineError::Refused(format!(
                 "service `{service}` failed over {} ago (run {}); another failover within {} needs --ack (anti-flap)",
@@ -308,12 +289,7 @@ impl Engine {
     }
 
     /// Continues an interrupted run from its journal; `yes` approves the gates ahead.
-    pub async fn resume(
-        &self,
-        run_id: &str,
-        cmdb: &Cmdb,
-        yes: bool,
-    ) -> Result<RunState, EngineError> {
+    pub async fn resume(&self, run_id: &str, cmdb: &Cmdb, yes: bool) -> Result<RunState, EngineError> {
         let records = load_records(&self.store, run_id)?;
         let state = RunState::from_records(run_id, &records);
         if state.mode.is_none() {
@@ -333,15 +309,11 @@ impl Engine {
                 e.message
             ))
         })?;
-        let runbook: Runbook = drover_model::from_node(&node).map_err(|e| {
-            EngineError::Invalid(format!(
-                "run {run_id}: the recorded runbook does not load: {e}"
-            ))
-        })?;
+        let runbook: Runbook = drover_model::from_node(&node)
+            .map_err(|e| EngineError::Invalid(format!("run {run_id}: the recorded runbook does not load: {e}")))?;
         let mode = state.mode.unwrap_or(RunMode::Drill);
         self.check_runnable(&runbook, mode)?;
-        let started =
-            humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
+        let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
         let next = state.last_seq.map_or(0, |s| s + 1);
         let journal = Journal::new(
             self.store.clone(),
@@ -363,6 +335,7 @@ impl Engine {
                 yes: state.options.yes || yes,
                 ..state.options.clone()
             },
+            halt: CancellationToken::new(),
         });
         let state = RunState::from_records(run_id, &load_records(&self.store, run_id)?);
         let result = drive(ctx, state, CiGraph::new(cmdb)).await;
@@ -373,17 +346,12 @@ impl Engine {
 
 fn reload(ctx: &Ctx) -> Result<RunState, EngineError> {
     let id = ctx.journal.run_id();
-    Ok(RunState::from_records(
-        id,
-        &load_records(&ctx.engine.store, id)?,
-    ))
+    Ok(RunState::from_records(id, &load_records(&ctx.engine.store, id)?))
 }
 
 /// Records an interruption and returns the run as it stands.
 fn interrupted(ctx: &Ctx, reason: &str) -> Result<RunState, EngineError> {
-    ctx.journal.append(Event::Interrupted {
-        reason: reason.into(),
-    })?;
+    ctx.journal.append(Event::Interrupted { reason: reason.into() })?;
     ctx.engine.store.sync()?;
     reload(ctx)
 }
@@ -402,18 +370,13 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
         .iter()
         .filter(|c| !state.check_passed(Phase::Preflight, &c.name))
         .collect();
-    if halted.is_none()
-        && state.steps.iter().all(|s| s.phase != Phase::Steps)
-        && !pending.is_empty()
-    {
+    if halted.is_none() && state.steps.iter().all(|s| s.phase != Phase::Steps) && !pending.is_empty() {
         match run_checks(&ctx, Phase::Preflight, &pending).await? {
             ChecksEnd::Passed(_) => {}
             ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT),
             ChecksEnd::Failed(why) => {
                 let reason = format!("preflight failed, nothing was changed: {why}");
-                ctx.journal.append(Event::Halted {
-                    reason: reason.clone(),
-                })?;
+                ctx.journal.append(Event::Halted { reason: reason.clone() })?;
                 return finish(&ctx, Outcome::Failed, None, reason);
             }
         }
@@ -427,20 +390,10 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
         let state = reload(&ctx)?;
         // A step that failed for good before a crash halts the run now.
         if let Some(s) = state.steps.iter().find(|s| {
-            s.phase == Phase::Steps
-                && matches!(
-                    s.status,
-                    Some(StepStatus::Failed | StepStatus::OutcomeUnknown)
-                )
+            s.phase == Phase::Steps && matches!(s.status, Some(StepStatus::Failed | StepStatus::OutcomeUnknown))
         }) {
-            let reason = format!(
-                "step `{}` failed: {}",
-                s.id,
-                s.error.clone().unwrap_or_default()
-            );
-            ctx.journal.append(Event::Halted {
-                reason: reason.clone(),
-            })?;
+            let reason = format!("step `{}` failed: {}", s.id, s.error.clone().unwrap_or_default());
+            ctx.journal.append(Event::Halted { reason: reason.clone() })?;
             halted = Some(reason);
         } else {
             match run_steps(&ctx, &state, &ci_graph).await? {
@@ -467,9 +420,7 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
                 ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT),
                 ChecksEnd::Failed(why) => {
                     let reason = format!("verification failed: {why}");
-                    ctx.journal.append(Event::Halted {
-                        reason: reason.clone(),
-                    })?;
+                    ctx.journal.append(Event::Halted { reason: reason.clone() })?;
                     halted = Some(reason);
                 }
                 ChecksEnd::Passed(_) => {
@@ -553,12 +504,7 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
     finish(&ctx, outcome, rto_s, reason)
 }
 
-fn finish(
-    ctx: &Ctx,
-    outcome: Outcome,
-    rto_s: Option<f64>,
-    reason: String,
-) -> Result<RunState, EngineError> {
+fn finish(ctx: &Ctx, outcome: Outcome, rto_s: Option<f64>, reason: String) -> Result<RunState, EngineError> {
     let rec = ctx.journal.append(Event::RunFinished {
         outcome,
         rto_s,
@@ -580,26 +526,17 @@ enum ChecksEnd {
 }
 
 /// Runs checks concurrently, each polled until it passes or its `within` runs out.
-async fn run_checks(
-    ctx: &Arc<Ctx>,
-    phase: Phase,
-    checks: &[&Check],
-) -> Result<ChecksEnd, EngineError> {
+async fn run_checks(ctx: &Arc<Ctx>, phase: Phase, checks: &[&Check]) -> Result<ChecksEnd, EngineError> {
     let mut set = JoinSet::new();
     for c in checks {
         let ctx = ctx.clone();
         let c = (*c).clone();
-        set.spawn(async move {
-            run_check(&ctx, phase, &c)
-                .await
-                .map(|r| (c.name.value.clone(), r))
-        });
+        set.spawn(async move { run_check(&ctx, phase, &c).await.map(|r| (c.name.value.clone(), r)) });
     }
     let mut failures = Vec::new();
     let mut cancelled = false;
     while let Some(joined) = set.join_next().await {
-        let (name, res) =
-            joined.map_err(|e| EngineError::Invalid(format!("a check crashed: {e}")))??;
+        let (name, res) = joined.map_err(|e| EngineError::Invalid(format!("a check crashed: {e}")))??;
         match res {
             Ok(()) => {}
             Err(ActionError::Cancelled) => cancelled = true,
@@ -661,11 +598,7 @@ async fn attempt(
     }
 }
 
-async fn run_check(
-    ctx: &Ctx,
-    phase: Phase,
-    c: &Check,
-) -> Result<Result<(), ActionError>, EngineError> {
+async fn run_check(ctx: &Ctx, phase: Phase, c: &Check) -> Result<Result<(), ActionError>, EngineError> {
     let action = ctx.engine.action(&c.uses)?;
     let timeout = Some(c.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0));
     let interval = c.interval.map_or(Duration::from_secs(1), |d| d.0);
@@ -714,12 +647,7 @@ async fn run_check(
 }
 
 /// Runs one step (or rollback step) to its end: attempts, timeouts, retries, polling.
-async fn run_step(
-    ctx: &Ctx,
-    phase: Phase,
-    step: &Step,
-    prior_attempts: u32,
-) -> Result<StepEnd, EngineError> {
+async fn run_step(ctx: &Ctx, phase: Phase, step: &Step, prior_attempts: u32) -> Result<StepEnd, EngineError> {
     let action = ctx.engine.action(&step.uses)?;
     let class = action.class();
     let timeout = match (step.timeout, class) {
@@ -756,18 +684,12 @@ async fn run_step(
             }
             Err(e) => e,
         };
-        let polling = class == ActionClass::Check
-            && step
-                .within
-                .is_some_and(|w| started.elapsed() + interval < w.0);
+        let polling = class == ActionClass::Check && step.within.is_some_and(|w| started.elapsed() + interval < w.0);
         let again = match &e {
             ActionError::Cancelled | ActionError::Permanent(_) => None,
             _ if polling => Some(interval),
             _ if tries <= retries => {
-                let backoff = ctx
-                    .engine
-                    .retry_backoff
-                    .saturating_mul(1 << (tries - 1).min(16));
+                let backoff = ctx.engine.retry_backoff.saturating_mul(1 << (tries - 1).min(16));
                 Some(backoff.min(Duration::from_secs(30)))
             }
             _ => None,
@@ -782,10 +704,14 @@ async fn run_step(
         if matches!(e, ActionError::Cancelled) {
             return Ok(StepEnd::Cancelled);
         }
+        let mut e = e;
         if let Some(delay) = again {
             tokio::select! {
                 () = tokio::time::sleep(delay) => continue,
                 () = ctx.engine.abort.cancelled() => return Ok(StepEnd::Cancelled),
+                () = ctx.halt.cancelled(), if phase == Phase::Steps => {
+                    e = ActionError::Permanent(format!("{e}; not retried: the run is halting"));
+                }
             }
         }
         let status = if matches!(e, ActionError::OutcomeUnknown(_)) {
@@ -813,11 +739,7 @@ enum DagEnd {
 }
 
 /// Runs the steps in dependency order, as many at once as the DAG and `max_parallel` allow.
-async fn run_steps(
-    ctx: &Arc<Ctx>,
-    state: &RunState,
-    ci_graph: &CiGraph,
-) -> Result<DagEnd, EngineError> {
+async fn run_steps(ctx: &Arc<Ctx>, state: &RunState, ci_graph: &CiGraph) -> Result<DagEnd, EngineError> {
     let rb = &ctx.runbook;
     let g = StepGraph::new(&rb.steps, Some(ci_graph));
     let max_parallel = ctx.options.max_parallel.max(1);
@@ -826,18 +748,13 @@ async fn run_steps(
         .node_indices()
         .map(|n| g.graph.neighbors_directed(n, Direction::Incoming).count())
         .collect();
-    let mut ready: VecDeque<_> = g
-        .graph
-        .node_indices()
-        .filter(|n| indegree[n.index()] == 0)
-        .collect();
+    let mut ready: VecDeque<_> = g.graph.node_indices().filter(|n| indegree[n.index()] == 0).collect();
     let mut running: JoinSet<Result<(usize, StepEnd), EngineError>> = JoinSet::new();
     let mut halted: Option<String> = None;
     let mut cancelled = false;
     let mut done = 0usize;
     loop {
-        while !ready.is_empty() && halted.is_none() && !cancelled && !ctx.engine.stop.is_cancelled()
-        {
+        while !ready.is_empty() && halted.is_none() && !cancelled && !ctx.engine.stop.is_cancelled() {
             let node = ready[0];
             let launch = match g.graph[node] {
                 StepNode::Barrier(_) => None,
@@ -863,11 +780,7 @@ async fn run_steps(
                     let ctx = ctx.clone();
                     let step = rb.steps[i].clone();
                     let prior = state.attempts(Phase::Steps, &step.id);
-                    running.spawn(async move {
-                        run_step(&ctx, Phase::Steps, &step, prior)
-                            .await
-                            .map(|e| (i, e))
-                    });
+                    running.spawn(async move { run_step(&ctx, Phase::Steps, &step, prior).await.map(|e| (i, e)) });
                 }
             }
         }
@@ -879,8 +792,7 @@ async fn run_steps(
             () = ctx.engine.stop.cancelled(), if !cancelled => { cancelled = true; continue; }
         };
         let Some(joined) = joined else { break };
-        let (i, end) =
-            joined.map_err(|e| EngineError::Invalid(format!("a step crashed: {e}")))??;
+        let (i, end) = joined.map_err(|e| EngineError::Invalid(format!("a step crashed: {e}")))??;
         match end {
             StepEnd::Ok => {
                 done += 1;
@@ -895,9 +807,8 @@ async fn run_steps(
             StepEnd::Failed(msg) => {
                 if halted.is_none() {
                     let reason = format!("step `{}` failed: {msg}", rb.steps[i].id);
-                    ctx.journal.append(Event::Halted {
-                        reason: reason.clone(),
-                    })?;
+                    ctx.journal.append(Event::Halted { reason: reason.clone() })?;
+                    ctx.halt.cancel();
                     halted = Some(reason);
                 }
             }
@@ -925,10 +836,7 @@ async fn compensate(ctx: &Arc<Ctx>) -> Result<UndoEnd, EngineError> {
     let mut done: Vec<_> = state
         .steps
         .iter()
-        .filter(|s| {
-            s.phase == Phase::Steps
-                && matches!(s.status, Some(StepStatus::Ok | StepStatus::OutcomeUnknown))
-        })
+        .filter(|s| s.phase == Phase::Steps && matches!(s.status, Some(StepStatus::Ok | StepStatus::OutcomeUnknown)))
         .collect();
     done.sort_by_key(|s| std::cmp::Reverse(s.finish_seq));
     for s in done {
@@ -1017,10 +925,7 @@ async fn compensate(ctx: &Arc<Ctx>) -> Result<UndoEnd, EngineError> {
                         output: None,
                         error: Some(e.to_string()),
                     })?;
-                    return Ok(UndoEnd::Stuck(format!(
-                        "undoing step `{}` failed: {e}",
-                        s.id
-                    )));
+                    return Ok(UndoEnd::Stuck(format!("undoing step `{}` failed: {e}", s.id)));
                 }
             }
         }
@@ -1044,21 +949,11 @@ async fn rollback(ctx: &Arc<Ctx>, reason: RollbackReason) -> Result<UndoEnd, Eng
         if ctx.engine.stop.is_cancelled() {
             return Ok(UndoEnd::Interrupted);
         }
-        match run_step(
-            ctx,
-            Phase::Rollback,
-            step,
-            state.attempts(Phase::Rollback, &step.id),
-        )
-        .await?
-        {
+        match run_step(ctx, Phase::Rollback, step, state.attempts(Phase::Rollback, &step.id)).await? {
             StepEnd::Ok => {}
             StepEnd::Cancelled => return Ok(UndoEnd::Interrupted),
             StepEnd::Failed(msg) => {
-                return Ok(UndoEnd::Stuck(format!(
-                    "rollback step `{}` failed: {msg}",
-                    step.id
-                )));
+                return Ok(UndoEnd::Stuck(format!("rollback step `{}` failed: {msg}", step.id)));
             }
         }
     }

@@ -99,9 +99,7 @@ impl RunState {
     }
 
     pub fn step(&self, phase: Phase, id: &str) -> Option<&StepState> {
-        self.index
-            .get(&(phase, id.to_owned()))
-            .map(|&i| &self.steps[i])
+        self.index.get(&(phase, id.to_owned())).map(|&i| &self.steps[i])
     }
 
     pub fn check(&self, phase: Phase, name: &str) -> Option<&CheckState> {
@@ -219,11 +217,7 @@ impl RunState {
                 c.attempts += attempts;
                 c.error = Some(error.clone());
             }
-            Event::StepStarted {
-                phase,
-                step,
-                attempt,
-            } => {
+            Event::StepStarted { phase, step, attempt } => {
                 let (at, t) = (r.at.clone(), r.t);
                 let s = self.step_mut(*phase, step);
                 s.attempts = s.attempts.max(*attempt);
@@ -233,9 +227,7 @@ impl RunState {
                     s.started_t = Some(t);
                 }
             }
-            Event::StepAttemptFailed {
-                phase, step, error, ..
-            } => {
+            Event::StepAttemptFailed { phase, step, error, .. } => {
                 let s = self.step_mut(*phase, step);
                 s.in_flight = false;
                 s.attempt_errors.push(error.to_string());
@@ -286,8 +278,7 @@ impl RunState {
 
     /// Whether the step finished ok.
     pub fn step_ok(&self, phase: Phase, id: &str) -> bool {
-        self.step(phase, id)
-            .is_some_and(|s| s.status == Some(StepStatus::Ok))
+        self.step(phase, id).is_some_and(|s| s.status == Some(StepStatus::Ok))
     }
 
     /// Attempts made so far (a resumed step goes on counting).

@@ -114,12 +114,9 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -147,12 +144,13 @@ impl Store {
         }
     }
 
-    /// Creates a run and takes its service's lock, atomically. `holder` says whether an
-    /// existing lock's run is still alive; the lock is refused while it exists.
+    /// Creates a run and takes its service's lock, atomically. When another unfinished
+    /// run holds the service, `holder` gets that run and says why this one is refused
+    /// (`None`: take the lock over).
     pub fn create_run(
         &self,
         row: &RunRow,
-        holder: impl Fn(&str) -> Option<String>,
+        holder: impl Fn(&RunRow) -> Option<String>,
     ) -> StoreResult<Result<(), String>> {
         let mut conn = self.conn();
         let tx = conn
@@ -166,10 +164,21 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        if let Some(other) = existing
-            && let Some(why) = holder(&other) {
+        if let Some(other) = existing {
+            let other_row = tx
+                .query_row(
+                    &format!("SELECT {} FROM runs WHERE id = ?1", Self::COLUMNS),
+                    [&other],
+                    Self::row,
+                )
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let Some(other_row) = other_row.filter(|r| r.state != "finished")
+                && let Some(why) = holder(&other_row)
+            {
                 return Ok(Err(why));
             }
+        }
         tx.execute(
             "INSERT INTO runs (id, runbook, service, mode, state, outcome, started_at, finished_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -259,8 +268,7 @@ impl Store {
         })
     }
 
-    const COLUMNS: &'static str =
-        "id, runbook, service, mode, state, outcome, started_at, finished_at";
+    const COLUMNS: &'static str = "id, runbook, service, mode, state, outcome, started_at, finished_at";
 
     pub fn run(&self, id: &str) -> StoreResult<Option<RunRow>> {
         let conn = self.conn();
@@ -282,9 +290,7 @@ impl Store {
                 Self::COLUMNS
             ))
             .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([limit as i64], Self::row)
-            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([limit as i64], Self::row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 

@@ -96,9 +96,7 @@ impl RunView {
             (None, false) => "interrupted",
         };
         let plan = state.plan.as_ref();
-        let plan_step = |id: &str| {
-            plan.and_then(|p| p.steps.iter().chain(p.rollback.iter()).find(|s| s.id == id))
-        };
+        let plan_step = |id: &str| plan.and_then(|p| p.steps.iter().chain(p.rollback.iter()).find(|s| s.id == id));
         let mut steps = Vec::new();
         // Planned steps in plan order (with those never started), then compensations.
         let planned: Vec<(Phase, &str)> = plan
@@ -115,7 +113,14 @@ impl RunView {
             .iter()
             .filter(|s| !planned.iter().any(|(ph, id)| *ph == s.phase && *id == s.id))
             .map(|s| (s.phase, s.id.as_str()));
-        let all: Vec<(Phase, &str)> = planned.iter().copied().chain(extra).collect();
+        let mut all: Vec<(Phase, &str)> = planned.iter().copied().chain(extra).collect();
+        // Steps, then their compensations (as they ran), then the rollback steps.
+        let rank = |p: Phase| match p {
+            Phase::Preflight | Phase::Steps | Phase::Verify => 0,
+            Phase::Compensation => 1,
+            Phase::Rollback => 2,
+        };
+        all.sort_by_key(|(p, _)| rank(*p));
         for (phase, id) in all {
             let ps = plan_step(id);
             let s = state.step(phase, id);
@@ -123,26 +128,18 @@ impl RunView {
                 Some(s) if s.status.is_some() => status_name(s.status).to_owned(),
                 Some(_) if run_state == "running" => "running".into(),
                 Some(_) => "interrupted".into(),
-                None if phase == Phase::Rollback
-                    && !state.rollbacks.is_empty()
-                    && state.finished.is_some() =>
-                {
+                None if phase == Phase::Rollback && !state.rollbacks.is_empty() && state.finished.is_some() => {
                     "skipped".into()
                 }
                 None if phase == Phase::Rollback => "pending".into(),
                 None if state.halted.is_some()
-                    || (state.finished.is_some()
-                        && state.mode.map(|m| m.as_str()) == Some("verify")) =>
+                    || (state.finished.is_some() && state.mode.map(|m| m.as_str()) == Some("verify")) =>
                 {
                     "skipped".into()
                 }
                 None => "pending".into(),
             };
-            if phase == Phase::Rollback
-                && s.is_none()
-                && state.rollbacks.is_empty()
-                && state.finished.is_some()
-            {
+            if phase == Phase::Rollback && s.is_none() && state.rollbacks.is_empty() && state.finished.is_some() {
                 continue; // a rollback that never ran (a passed failover) is not part of the run
             }
             steps.push(StepView {
@@ -184,11 +181,7 @@ impl RunView {
             })
             .unwrap_or_default();
         let targets = plan.map(|p| p.targets);
-        let rto_achieved = state
-            .finished
-            .as_ref()
-            .and_then(|f| f.rto_s)
-            .or(state.recovered_s);
+        let rto_achieved = state.finished.as_ref().and_then(|f| f.rto_s).or(state.recovered_s);
         RunView {
             id: state.id.clone(),
             runbook: state.runbook.clone(),

@@ -41,48 +41,42 @@ impl<'a> ParamCx<'a> {
     /// The database named by `name`, or a located error.
     pub fn database(&self, name: &Located<String>) -> Result<&'a Database, Issue> {
         let dbs = &self.config.databases;
-        dbs.iter()
-            .find(|d| d.name.value == name.value)
-            .ok_or_else(|| {
-                Issue::new(
-                    name.loc,
-                    format!(
-                        "unknown database `{name}`{}",
-                        did_you_mean(name, dbs.iter().map(|d| d.name.as_str()))
-                    ),
-                )
-            })
+        dbs.iter().find(|d| d.name.value == name.value).ok_or_else(|| {
+            Issue::new(
+                name.loc,
+                format!(
+                    "unknown database `{name}`{}",
+                    did_you_mean(name, dbs.iter().map(|d| d.name.as_str()))
+                ),
+            )
+        })
     }
 
     /// The Kubernetes cluster named by `name`, or a located error.
     pub fn cluster(&self, name: &Located<String>) -> Result<&'a KubeCluster, Issue> {
         let cs = &self.config.kubernetes;
-        cs.iter()
-            .find(|c| c.name.value == name.value)
-            .ok_or_else(|| {
-                Issue::new(
-                    name.loc,
-                    format!(
-                        "unknown cluster `{name}`{}",
-                        did_you_mean(name, cs.iter().map(|c| c.name.as_str()))
-                    ),
-                )
-            })
+        cs.iter().find(|c| c.name.value == name.value).ok_or_else(|| {
+            Issue::new(
+                name.loc,
+                format!(
+                    "unknown cluster `{name}`{}",
+                    did_you_mean(name, cs.iter().map(|c| c.name.as_str()))
+                ),
+            )
+        })
     }
 
     /// The object store named by `name`, or a located error.
     pub fn object_store(&self, name: &Located<String>) -> Result<&'a ObjectStore, Issue> {
         let ss = &self.config.object_stores;
-        ss.iter()
-            .find(|s| s.name.value == name.value)
-            .ok_or_else(|| {
-                Issue::new(
-                    name.loc,
-                    format!(
-                        "unknown object store `{name}`{}",
-                        did_you_mean(name, ss.iter().map(|s| s.name.as_str()))
-                    ),
-                )
-            })
+        ss.iter().find(|s| s.name.value == name.value).ok_or_else(|| {
+            Issue::new(
+                name.loc,
+                format!(
+                    "unknown object store `{name}`{}",
+                    did_you_mean(name, ss.iter().map(|s| s.name.as_str()))
+                ),
+            )
+        })
     }
 }

@@ -167,14 +167,16 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
         _fields: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, DeError> {
+        // serde's derived structs also accept a list of their fields in order; in YAML
+        // that only turns "this should be a mapping" into a baffling message.
+        if let Node::Seq(_) = &self.node.value {
+            let e: DeError = de::Error::invalid_type(de::Unexpected::Seq, &v);
+            return Err(e.at(self.node.loc));
+        }
         self.deserialize_map(v)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        v: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, v: V) -> Result<V::Value, DeError> {
         if name == LOCATED_TOKEN {
             located!(
                 self,
@@ -223,18 +225,11 @@ struct LocatedSeq<'a> {
 
 impl<'de> de::SeqAccess<'de> for LocatedSeq<'_> {
     type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
         self.pos += 1;
         match self.pos {
-            1 => seed
-                .deserialize(self.node.loc.line.into_deserializer())
-                .map(Some),
-            2 => seed
-                .deserialize(self.node.loc.col.into_deserializer())
-                .map(Some),
+            1 => seed.deserialize(self.node.loc.line.into_deserializer()).map(Some),
+            2 => seed.deserialize(self.node.loc.col.into_deserializer()).map(Some),
             3 => seed.deserialize(NodeDe { node: self.node }).map(Some),
             _ => Ok(None),
         }
@@ -248,16 +243,11 @@ struct SeqDe<'a> {
 
 impl<'de> de::SeqAccess<'de> for SeqDe<'_> {
     type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
         match self.iter.next() {
             Some(node) => {
                 self.index += 1;
-                seed.deserialize(NodeDe { node })
-                    .map(Some)
-                    .map_err(|e| e.at(node.loc))
+                seed.deserialize(NodeDe { node }).map(Some).map_err(|e| e.at(node.loc))
             }
             None => Ok(None),
         }
@@ -274,16 +264,11 @@ struct MapDe<'a> {
 
 impl<'de> de::MapAccess<'de> for MapDe<'_> {
     type Error = DeError;
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
         match self.iter.next() {
             Some((k, v)) => {
                 self.value = Some(v);
-                seed.deserialize(KeyDe { key: k })
-                    .map(Some)
-                    .map_err(|e| e.at(k.loc))
+                seed.deserialize(KeyDe { key: k }).map(Some).map_err(|e| e.at(k.loc))
             }
             None => Ok(None),
         }
@@ -293,8 +278,7 @@ impl<'de> de::MapAccess<'de> for MapDe<'_> {
             .value
             .take()
             .ok_or_else(|| <DeError as de::Error>::custom("value requested before key"))?;
-        seed.deserialize(NodeDe { node })
-            .map_err(|e| e.at(node.loc))
+        seed.deserialize(NodeDe { node }).map_err(|e| e.at(node.loc))
     }
     fn size_hint(&self) -> Option<usize> {
         Some(self.iter.len())
@@ -309,20 +293,12 @@ struct KeyDe<'a> {
 impl<'de> Deserializer<'de> for KeyDe<'_> {
     type Error = DeError;
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_str(&self.key.value)
-            .map_err(|e: DeError| e.at(self.key.loc))
+        v.visit_str(&self.key.value).map_err(|e: DeError| e.at(self.key.loc))
     }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        v: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, v: V) -> Result<V::Value, DeError> {
         if name == LOCATED_TOKEN {
             let node = Located::new(self.key.loc, Node::Str(self.key.value.clone()));
-            v.visit_seq(LocatedSeq {
-                node: &node,
-                pos: 0,
-            })
+            v.visit_seq(LocatedSeq { node: &node, pos: 0 })
         } else {
             v.visit_newtype_struct(self)
         }
@@ -341,10 +317,7 @@ struct EnumDe<'a> {
 impl<'de, 'a> de::EnumAccess<'de> for EnumDe<'a> {
     type Error = DeError;
     type Variant = NodeDe<'a>;
-    fn variant_seed<V: DeserializeSeed<'de>>(
-        self,
-        seed: V,
-    ) -> Result<(V::Value, NodeDe<'a>), DeError> {
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, NodeDe<'a>), DeError> {
         let variant = seed
             .deserialize(KeyDe { key: self.key })
             .map_err(|e| e.at(self.key.loc))?;
@@ -369,11 +342,7 @@ impl<'de> de::VariantAccess<'de> for NodeDe<'_> {
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, DeError> {
         self.deserialize_any(v)
     }
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        _fields: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(self, _fields: &'static [&'static str], v: V) -> Result<V::Value, DeError> {
         self.deserialize_any(v)
     }
 }
@@ -420,13 +389,14 @@ mod tests {
         assert_eq!(loc, Location::new(1, 1));
         assert!(msg.starts_with("unknown field `x`"), "{msg}");
         let (loc, msg) = err("name: a\n");
+        assert_eq!((loc, msg.as_str()), (Location::new(1, 1), "missing field `n`"));
+        assert_eq!(err("name: a\nn: 1\nlist: [1, -2]\n").0, Location::new(3, 11));
         assert_eq!(
-            (loc, msg.as_str()),
-            (Location::new(1, 1), "missing field `n`")
-        );
-        assert_eq!(
-            err("name: a\nn: 1\nlist: [1, -2]\n").0,
-            Location::new(3, 11)
+            err("- a\n- 1\n"),
+            (
+                Location::new(1, 1),
+                "invalid type: sequence, expected struct S".to_owned()
+            )
         );
     }
 }

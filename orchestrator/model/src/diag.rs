@@ -72,9 +72,7 @@ impl Diagnostic {
     /// with a caret under the column.
     pub fn render(&self, source: Option<&str>) -> String {
         let mut out = self.to_string();
-        if let Some(line) =
-            source.and_then(|s| s.lines().nth(self.loc.line.saturating_sub(1) as usize))
-        {
+        if let Some(line) = source.and_then(|s| s.lines().nth(self.loc.line.saturating_sub(1) as usize)) {
             let num = self.loc.line.to_string();
             let pad = " ".repeat(num.len());
             let caret_pad: String = line
@@ -118,16 +116,23 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// Edit distance that counts swapping two neighbouring characters as one edit
+/// (optimal string alignment), the commonest typo: `fenec` is one edit from `fence`.
 fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
+    for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
+            let cost = usize::from(ca != cb);
             cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+            if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
+                cur[j + 1] = cur[j + 1].min(prev2[j - 1] + 1);
+            }
         }
-        prev = cur;
+        prev2 = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -153,10 +158,13 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(
-            suggest("exec.rnu", ["exec.run", "http.check"]),
-            Some("exec.run")
-        );
+        assert_eq!(suggest("exec.rnu", ["exec.run", "http.check"]), Some("exec.run"));
         assert_eq!(suggest("zzz", ["exec.run"]), None);
+        // A swap of neighbours is one edit.
+        assert_eq!(suggest("fenec", ["fence", "promote"]), Some("fence"));
+        assert_eq!(suggest("wset", ["east", "west"]), Some("west"));
+        assert_eq!(levenshtein("ab", "ba"), 1);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("", "abc"), 3);
     }
 }

@@ -99,22 +99,24 @@ impl CiGraph {
         out
     }
 
-    /// Every dependency cycle, each as the ids along the cycle (first member first,
-    /// in CMDB order), without repeating the first at the end.
-    pub fn cycles(&self) -> Vec<Vec<&str>> {
+    /// Every group of CIs that depend on each other: one cycle through the group's
+    /// first member (in CMDB order), and every member of the group.
+    pub fn cycles(&self) -> Vec<Cycle<&str>> {
         let mut out = Vec::new();
         for scc in tarjan_scc(&self.graph) {
             let is_cycle = scc.len() > 1 || self.graph.contains_edge(scc[0], scc[0]);
             if !is_cycle {
                 continue;
             }
-            let start = *scc
-                .iter()
-                .min_by_key(|n| self.graph[**n])
-                .expect("non-empty");
+            let start = *scc.iter().min_by_key(|n| self.graph[**n]).expect("non-empty");
             let members: HashSet<NodeIndex> = scc.iter().copied().collect();
             let path = cycle_through(&self.graph, start, &members);
-            out.push(path.into_iter().map(|n| self.id(n)).collect());
+            let mut members: Vec<&str> = scc.iter().map(|&n| self.id(n)).collect();
+            members.sort_unstable();
+            out.push(Cycle {
+                path: path.into_iter().map(|n| self.id(n)).collect(),
+                members,
+            });
         }
         out.sort();
         out
@@ -129,12 +131,19 @@ impl CiGraph {
     }
 }
 
+/// A group of nodes that depend on each other (a strongly connected component).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cycle<T> {
+    /// One shortest cycle from the group's first member back to it, without repeating
+    /// the first member at the end.
+    pub path: Vec<T>,
+    /// Every member of the group, sorted; a group may hold more than one cycle, so
+    /// this can be more than `path`.
+    pub members: Vec<T>,
+}
+
 /// A shortest cycle from `start` back to itself within `members` (BFS), as nodes.
-fn cycle_through<N, E>(
-    g: &DiGraph<N, E>,
-    start: NodeIndex,
-    members: &HashSet<NodeIndex>,
-) -> Vec<NodeIndex> {
+fn cycle_through<N, E>(g: &DiGraph<N, E>, start: NodeIndex, members: &HashSet<NodeIndex>) -> Vec<NodeIndex> {
     if g.contains_edge(start, start) {
         return vec![start];
     }
@@ -193,14 +202,8 @@ impl StepGraph {
     /// pass `ci_graph: None` when the CMDB is cyclic, to order by `needs` only.
     pub fn new(steps: &[Step], ci_graph: Option<&CiGraph>) -> Self {
         let mut graph = DiGraph::with_capacity(steps.len(), steps.len() * 2);
-        let nodes: Vec<NodeIndex> = (0..steps.len())
-            .map(|i| graph.add_node(StepNode::Step(i)))
-            .collect();
-        let by_id: HashMap<&str, NodeIndex> = steps
-            .iter()
-            .zip(&nodes)
-            .map(|(s, n)| (s.id.as_str(), *n))
-            .collect();
+        let nodes: Vec<NodeIndex> = (0..steps.len()).map(|i| graph.add_node(StepNode::Step(i))).collect();
+        let by_id: HashMap<&str, NodeIndex> = steps.iter().zip(&nodes).map(|(s, n)| (s.id.as_str(), *n)).collect();
         for (s, &n) in steps.iter().zip(&nodes) {
             for need in &s.needs {
                 if let Some(&m) = by_id.get(need.as_str()) {
@@ -213,10 +216,7 @@ impl StepGraph {
             let mut barrier: HashMap<NodeIndex, NodeIndex> = HashMap::new();
             let mut stack: Vec<NodeIndex> = steps
                 .iter()
-                .filter_map(|s| {
-                    s.ci.as_ref()
-                        .and_then(|c| cg.index.get(c.as_str()).copied())
-                })
+                .filter_map(|s| s.ci.as_ref().and_then(|c| cg.index.get(c.as_str()).copied()))
                 .collect();
             while let Some(c) = stack.pop() {
                 if barrier.contains_key(&c) {
@@ -240,15 +240,13 @@ impl StepGraph {
                 }
             }
         }
-        StepGraph {
-            graph,
-            steps: nodes,
-        }
+        StepGraph { graph, steps: nodes }
     }
 
-    /// Every cycle among the steps, each as step indices along the cycle, and whether
-    /// the cycle goes through an order implied by the CMDB.
-    pub fn cycles(&self) -> Vec<(Vec<usize>, bool)> {
+    /// Every group of steps that wait for each other, as step indices: one cycle
+    /// through the group's first step and every step of the group; and whether that
+    /// cycle goes through an order implied by the CMDB.
+    pub fn cycles(&self) -> Vec<(Cycle<usize>, bool)> {
         let mut out = Vec::new();
         for scc in tarjan_scc(&self.graph) {
             let is_cycle = scc.len() > 1 || self.graph.contains_edge(scc[0], scc[0]);
@@ -268,17 +266,15 @@ impl StepGraph {
             };
             let members: HashSet<NodeIndex> = scc.iter().copied().collect();
             let path = cycle_through(&self.graph, start, &members);
-            let through_cmdb = path
-                .iter()
-                .any(|n| matches!(self.graph[*n], StepNode::Barrier(_)));
-            let steps = path
-                .iter()
-                .filter_map(|n| match self.graph[*n] {
-                    StepNode::Step(i) => Some(i),
-                    StepNode::Barrier(_) => None,
-                })
-                .collect();
-            out.push((steps, through_cmdb));
+            let through_cmdb = path.iter().any(|n| matches!(self.graph[*n], StepNode::Barrier(_)));
+            let step_of = |n: &NodeIndex| match self.graph[*n] {
+                StepNode::Step(i) => Some(i),
+                StepNode::Barrier(_) => None,
+            };
+            let mut members: Vec<usize> = scc.iter().filter_map(step_of).collect();
+            members.sort_unstable();
+            let path = path.iter().filter_map(step_of).collect();
+            out.push((Cycle { path, members }, through_cmdb));
         }
         out.sort();
         out

@@ -98,11 +98,10 @@ impl Workspace {
 
     fn load_runbook(&mut self, path: &Path) {
         let runbook = self.read_yaml(path, None).and_then(|node| {
-            self.typed::<Runbook>(path, &node, RUNBOOK_LISTS)
-                .map(|mut rb| {
-                    anchor_params(&mut rb);
-                    rb
-                })
+            self.typed::<Runbook>(path, &node, RUNBOOK_LISTS).map(|mut rb| {
+                anchor_params(&mut rb);
+                rb
+            })
         });
         self.runbooks.push(RunbookFile {
             path: path.to_path_buf(),
@@ -155,18 +154,12 @@ impl Workspace {
 
     /// Reads a typed document, reporting the errors of every broken list element and of
     /// the rest of the document, not only the first one.
-    fn typed<T: DeserializeOwned>(
-        &mut self,
-        path: &Path,
-        node: &Located<Node>,
-        lists: &[ListCheck],
-    ) -> Option<T> {
+    fn typed<T: DeserializeOwned>(&mut self, path: &Path, node: &Located<Node>, lists: &[ListCheck]) -> Option<T> {
         match from_node::<T>(node) {
             Ok(v) => Some(v),
             Err(first) => {
                 let issues = recover_errors::<T>(node, lists, first);
-                self.diagnostics
-                    .extend(issues.into_iter().map(|i| i.in_file(path)));
+                self.diagnostics.extend(issues.into_iter().map(|i| i.in_file(path)));
                 None
             }
         }
@@ -209,11 +202,7 @@ const RUNBOOK_LISTS: &[ListCheck] = &[
     ("rollback", check_as::<Step>),
 ];
 
-fn recover_errors<T: DeserializeOwned>(
-    node: &Located<Node>,
-    lists: &[ListCheck],
-    first: DeError,
-) -> Vec<Issue> {
+fn recover_errors<T: DeserializeOwned>(node: &Located<Node>, lists: &[ListCheck], first: DeError) -> Vec<Issue> {
     let mut issues = Vec::new();
     if matches!(node.value, Node::Map(_)) {
         let keys: Vec<&str> = lists.iter().map(|(k, _)| *k).collect();
@@ -246,10 +235,7 @@ fn recover_errors<T: DeserializeOwned>(
 
 /// The `cmdb` and `runbooks` paths of a config that could not be read as a whole:
 /// the values written (when they are paths), else the defaults (when left out).
-fn paths_of_broken_config(
-    node: &Located<Node>,
-    base: &Path,
-) -> (Option<Located<PathBuf>>, Option<Located<PathBuf>>) {
+fn paths_of_broken_config(node: &Located<Node>, base: &Path) -> (Option<Located<PathBuf>>, Option<Located<PathBuf>>) {
     if !matches!(node.value, Node::Map(_)) {
         return (None, None);
     }
@@ -274,11 +260,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// A default-valued location (a field left out) points at the start of the file.
 fn non_zero(loc: Location) -> Location {
-    if loc.line == 0 {
-        Location::new(1, 1)
-    } else {
-        loc
-    }
+    if loc.line == 0 { Location::new(1, 1) } else { loc }
 }
 
 /// An absent `with:` is located at its step's `uses:` so that "missing parameter"
@@ -305,10 +287,7 @@ fn resolve_config_paths(c: &mut Config, base: &Path) {
         }
     }
     for s in &mut c.object_stores {
-        for secret in [&mut s.access_key_id, &mut s.secret_access_key]
-            .into_iter()
-            .flatten()
-        {
+        for secret in [&mut s.access_key_id, &mut s.secret_access_key].into_iter().flatten() {
             secret.rebase(base);
         }
     }
@@ -329,11 +308,10 @@ fn resolve_config_paths(c: &mut Config, base: &Path) {
     }
     for p in &mut c.plugins {
         if let Some(program) = p.command.value.first_mut()
-            && program.contains('/') {
-                *program = resolve(base, Path::new(program.as_str()))
-                    .display()
-                    .to_string();
-            }
+            && program.contains('/')
+        {
+            *program = resolve(base, Path::new(program.as_str())).display().to_string();
+        }
     }
 }
 
@@ -346,10 +324,7 @@ fn list_yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
                 out.push(normalize(&path));
             }
         }

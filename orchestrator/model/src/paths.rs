@@ -68,10 +68,7 @@ mod tests {
             resolve(Path::new("config"), Path::new("/abs/x")),
             PathBuf::from("/abs/x")
         );
-        assert_eq!(
-            resolve(Path::new("."), Path::new("../x")),
-            PathBuf::from("../x")
-        );
+        assert_eq!(resolve(Path::new("."), Path::new("../x")), PathBuf::from("../x"));
         assert_eq!(folder_of(Path::new("drover.yaml")), PathBuf::from("."));
     }
 }

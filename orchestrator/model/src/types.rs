@@ -149,9 +149,7 @@ impl<'de> Deserialize<'de> for SecretRef {
                         }
                     };
                     if found.replace(value).is_some() {
-                        return Err(de::Error::custom(
-                            "a secret has exactly one of `env` or `file`",
-                        ));
+                        return Err(de::Error::custom("a secret has exactly one of `env` or `file`"));
                     }
                 }
                 found.ok_or_else(|| de::Error::custom("a secret needs `env: NAME` or `file: PATH`"))

@@ -32,10 +32,7 @@ impl Sink<'_> {
             if let Some(first) = seen.get(n.as_str()) {
                 self.err(
                     n.loc,
-                    format!(
-                        "duplicate {what} `{n}` (first defined at line {})",
-                        first.line
-                    ),
+                    format!("duplicate {what} `{n}` (first defined at line {})", first.line),
                 );
             } else {
                 seen.insert(n.as_str(), n.loc);
@@ -43,12 +40,14 @@ impl Sink<'_> {
         }
     }
 
-    fn known<'c>(
-        &mut self,
-        what: &str,
-        name: &Located<String>,
-        candidates: impl IntoIterator<Item = &'c str> + Clone,
-    ) {
+    /// As [`Sink::known`], for many names (the CMDB's): a hash lookup, not a scan.
+    fn known_in(&mut self, what: &str, name: &Located<String>, names: &HashSet<&str>) {
+        if !names.contains(name.as_str()) {
+            self.known(what, name, names.iter().copied());
+        }
+    }
+
+    fn known<'c>(&mut self, what: &str, name: &Located<String>, candidates: impl IntoIterator<Item = &'c str> + Clone) {
         if !candidates.clone().into_iter().any(|c| c == name.as_str()) {
             self.err(
                 name.loc,
@@ -86,11 +85,7 @@ impl Workspace {
                     Some(first) => dups.push(Diagnostic::new(
                         &rf.path,
                         rb.name.loc,
-                        format!(
-                            "duplicate runbook name `{}` (also in {})",
-                            rb.name,
-                            first.display()
-                        ),
+                        format!("duplicate runbook name `{}` (also in {})", rb.name, first.display()),
                     )),
                     None => {
                         seen.insert(rb.name.as_str(), &rf.path);
@@ -106,14 +101,7 @@ impl Workspace {
                         file: &rf.path,
                         out: &mut out,
                     };
-                    check_runbook(
-                        rb,
-                        config,
-                        self.cmdb.as_ref(),
-                        ci_graph.as_ref(),
-                        catalog,
-                        &mut sink,
-                    );
+                    check_runbook(rb, config, self.cmdb.as_ref(), ci_graph.as_ref(), catalog, &mut sink);
                 }
             }
         }
@@ -122,12 +110,7 @@ impl Workspace {
     }
 }
 
-fn check_config(
-    c: &Config,
-    path: &Path,
-    runbooks: &[crate::load::RunbookFile],
-    out: &mut Vec<Diagnostic>,
-) {
+fn check_config(c: &Config, path: &Path, runbooks: &[crate::load::RunbookFile], out: &mut Vec<Diagnostic>) {
     let mut s = Sink { file: path, out };
     s.unique("site", c.sites.iter().map(|x| &x.name));
     let sites: Vec<&str> = c.sites.iter().map(|x| x.name.as_str()).collect();
@@ -147,10 +130,7 @@ fn check_config(
         if !(st.endpoint.starts_with("http://") || st.endpoint.starts_with("https://")) {
             s.err(
                 st.endpoint.loc,
-                format!(
-                    "endpoint `{}` must start with http:// or https://",
-                    st.endpoint
-                ),
+                format!("endpoint `{}` must start with http:// or https://", st.endpoint),
             );
         }
         if st.bucket.is_empty() {
@@ -158,10 +138,7 @@ fn check_config(
         }
     }
     let url = &c.state.url;
-    if !(url.starts_with("sqlite://")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://"))
-    {
+    if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         s.err(
             non_zero(url.loc),
             format!("state url `{url}` must be sqlite://PATH or postgres://..."),
@@ -178,27 +155,18 @@ fn check_config(
         if api.listen.parse::<std::net::SocketAddr>().is_err() {
             s.err(
                 api.listen.loc,
-                format!(
-                    "listen address `{}` must be HOST:PORT, e.g. 127.0.0.1:7443",
-                    api.listen
-                ),
+                format!("listen address `{}` must be HOST:PORT, e.g. 127.0.0.1:7443", api.listen),
             );
         }
         s.unique("token", api.tokens.iter().map(|t| &t.name));
         for t in &api.tokens {
             if t.sha256.len() != 64 || !t.sha256.chars().all(|ch| ch.is_ascii_hexdigit()) {
-                s.err(
-                    t.sha256.loc,
-                    "sha256 must be 64 hex digits (the SHA-256 of the token)",
-                );
+                s.err(t.sha256.loc, "sha256 must be 64 hex digits (the SHA-256 of the token)");
             }
         }
     }
     if c.engine.max_parallel == 0 {
-        s.err(
-            Location::new(1, 1),
-            "engine.max_parallel must be at least 1",
-        );
+        s.err(Location::new(1, 1), "engine.max_parallel must be at least 1");
     }
     s.unique("schedule", c.schedules.iter().map(|x| &x.name));
     let runbook_names: Vec<&str> = runbooks
@@ -206,16 +174,17 @@ fn check_config(
         .filter_map(|r| r.runbook.as_ref())
         .map(|r| r.name.as_str())
         .collect();
+    // A runbook file with errors has no name yet: a schedule may well name it.
+    let all_runbooks_read = runbooks.iter().all(|r| r.runbook.is_some());
     for sch in &c.schedules {
-        s.known("runbook", &sch.runbook, runbook_names.iter().copied());
+        if all_runbooks_read {
+            s.known("runbook", &sch.runbook, runbook_names.iter().copied());
+        }
         if let Err(e) = parse_cron(&sch.cron) {
             s.err(sch.cron.loc, e);
         }
         if sch.mode.value == crate::config::RunMode::Failover {
-            s.err(
-                sch.mode.loc,
-                "failovers are never scheduled: use `drill` or `verify`",
-            );
+            s.err(sch.mode.loc, "failovers are never scheduled: use `drill` or `verify`");
         }
     }
     s.unique("plugin", c.plugins.iter().map(|x| &x.name));
@@ -250,34 +219,24 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
 }
 
 /// Returns whether the CMDB is free of cycles.
-fn check_cmdb(
-    cmdb: &Cmdb,
-    g: &CiGraph,
-    config: Option<&Config>,
-    path: &Path,
-    out: &mut Vec<Diagnostic>,
-) -> bool {
+fn check_cmdb(cmdb: &Cmdb, g: &CiGraph, config: Option<&Config>, path: &Path, out: &mut Vec<Diagnostic>) -> bool {
     let mut s = Sink { file: path, out };
     s.unique("tier", cmdb.tiers.keys());
     s.unique("CI", cmdb.items.iter().map(|c| &c.id));
-    let ids: Vec<&str> = cmdb.items.iter().map(|c| c.id.as_str()).collect();
+    let ids: HashSet<&str> = cmdb.items.iter().map(|c| c.id.as_str()).collect();
     let tiers: Vec<&str> = cmdb.tiers.keys().map(|k| k.as_str()).collect();
     for ci in &cmdb.items {
         if let Some(t) = &ci.tier {
             s.known("tier", t, tiers.iter().copied());
         }
         for dep in &ci.depends_on {
-            s.known("CI", dep, ids.iter().copied());
+            s.known_in("CI", dep, &ids);
         }
         if let Some(config) = config {
             let sites: Vec<&str> = config.sites.iter().map(|x| x.name.as_str()).collect();
             for (site, cluster) in ci.runs_on.iter() {
                 s.known("site", site, sites.iter().copied());
-                s.known(
-                    "cluster",
-                    cluster,
-                    config.kubernetes.iter().map(|k| k.name.as_str()),
-                );
+                s.known("cluster", cluster, config.kubernetes.iter().map(|k| k.name.as_str()));
             }
             for (site, instance) in ci.instances.iter() {
                 s.known("site", site, sites.iter().copied());
@@ -292,17 +251,15 @@ fn check_cmdb(
     }
     let cycles = g.cycles();
     for cycle in &cycles {
-        let first = cmdb
-            .item(cycle[0])
-            .map_or(Location::new(1, 1), |c| c.id.loc);
-        let mut path: Vec<&str> = cycle.clone();
-        path.push(cycle[0]);
+        let first = cmdb.item(cycle.path[0]).map_or(Location::new(1, 1), |c| c.id.loc);
+        let mut path: Vec<&str> = cycle.path.clone();
+        path.push(cycle.path[0]);
         s.err(
             first,
             format!(
                 "dependency cycle in the CMDB: {} (members: {})",
                 path.join(" -> "),
-                sorted(cycle).join(", ")
+                cycle.members.join(", ")
             ),
         );
     }
@@ -328,24 +285,35 @@ fn check_runbook(
         s.known("site", site, sites.iter().copied());
     }
     if let (Some(from), Some(to)) = (&rb.from, &rb.to)
-        && from.value == to.value {
-            s.err(
-                to.loc,
-                format!("`to` is the same site as `from` (`{from}`)"),
-            );
-        }
+        && from.value == to.value
+    {
+        s.err(to.loc, format!("`to` is the same site as `from` (`{from}`)"));
+    }
     if rb.max_parallel == Some(0) {
         s.err(rb.name.loc, "max_parallel must be at least 1");
     }
-    let ci_ids: Vec<&str> = cmdb
+    let ci_ids: HashSet<&str> = cmdb
         .map(|c| c.items.iter().map(|i| i.id.as_str()).collect())
         .unwrap_or_default();
-    if cmdb.is_some() {
-        s.known(
-            "service (a CI of the CMDB)",
-            &rb.service,
-            ci_ids.iter().copied(),
-        );
+    if let Some(cmdb) = cmdb {
+        s.known_in("service (a CI of the CMDB)", &rb.service, &ci_ids);
+        // A runbook may tighten the service's targets, never loosen them.
+        let service = cmdb.targets_of(&rb.service);
+        let own = rb.targets.unwrap_or_default();
+        for (what, mine, theirs) in [("rto", own.rto, service.rto), ("rpo", own.rpo, service.rpo)] {
+            if let (Some(mine), Some(theirs)) = (mine, theirs)
+                && mine > theirs
+            {
+                s.err(
+                    rb.service.loc,
+                    format!(
+                        "targets.{what} {mine} is looser than the {theirs} the CMDB sets for `{}`: \
+                         a runbook may only tighten targets",
+                        rb.service
+                    ),
+                );
+            }
+        }
     }
     s.unique("step id", rb.all_steps().map(|st| &st.id));
     s.unique("preflight check", rb.preflight.iter().map(|c| &c.name));
@@ -356,27 +324,24 @@ fn check_runbook(
         runbook: rb,
     };
     let names = catalog.names();
-    let uses =
-        |s: &mut Sink<'_>, uses: &Located<String>, with, section: &str| match catalog.class(uses) {
-            None => {
-                let hint = did_you_mean(uses, names.iter().map(String::as_str));
-                s.err(uses.loc, format!("unknown action `{uses}`{hint}"));
+    let uses = |s: &mut Sink<'_>, uses: &Located<String>, with, section: &str| match catalog.class(uses) {
+        None => {
+            let hint = did_you_mean(uses, names.iter().map(String::as_str));
+            s.err(uses.loc, format!("unknown action `{uses}`{hint}"));
+        }
+        Some(class) => {
+            if matches!(section, "preflight" | "verify") && class != ActionClass::Check {
+                let class = format!("{class:?}").to_lowercase();
+                s.err(
+                    uses.loc,
+                    format!("{section} checks must be read-only, but `{uses}` is a {class} action"),
+                );
             }
-            Some(class) => {
-                if matches!(section, "preflight" | "verify") && class != ActionClass::Check {
-                    s.err(
-                        uses.loc,
-                        format!(
-                            "{section} checks must be read-only, but `{uses}` is a {class:?} action"
-                        )
-                        .to_lowercase(),
-                    );
-                }
-                for issue in catalog.check_params(uses, with, &cx) {
-                    s.err(issue.loc, issue.message);
-                }
+            for issue in catalog.check_params(uses, with, &cx) {
+                s.err(issue.loc, issue.message);
             }
-        };
+        }
+    };
     for c in &rb.preflight {
         uses(s, &c.uses, &c.with, "preflight");
     }
@@ -390,13 +355,12 @@ fn check_runbook(
         uses(s, &st.uses, &st.with, "rollback");
     }
     if cmdb.is_some() {
-        for ci in rb.all_steps().filter_map(|st| st.ci.as_ref()).chain(
-            rb.preflight
-                .iter()
-                .chain(&rb.verify)
-                .filter_map(|c| c.ci.as_ref()),
-        ) {
-            s.known("CI", ci, ci_ids.iter().copied());
+        for ci in rb
+            .all_steps()
+            .filter_map(|st| st.ci.as_ref())
+            .chain(rb.preflight.iter().chain(&rb.verify).filter_map(|c| c.ci.as_ref()))
+        {
+            s.known_in("CI", ci, &ci_ids);
         }
     }
     // `needs`: steps name steps, rollback steps name rollback steps.
@@ -411,9 +375,7 @@ fn check_runbook(
                     s.err(need.loc, format!("step `{}` needs itself", st.id));
                 } else if !ids.contains(need.as_str()) {
                     let note = if other.iter().any(|o| o.id.value == need.value) {
-                        format!(
-                            " (`{need}` is in another section: a {what} can only need a {what})"
-                        )
+                        format!(" (`{need}` is in another section: a {what} can only need a {what})")
                     } else {
                         did_you_mean(need, list.iter().map(|x| x.id.as_str()))
                     };
@@ -424,12 +386,13 @@ fn check_runbook(
     }
     let graph = StepGraph::new(&rb.steps, ci_graph);
     for (cycle, through_cmdb) in graph.cycles() {
-        if cycle.len() == 1 && !through_cmdb {
+        if cycle.members.len() == 1 && !through_cmdb {
             continue; // "needs itself", reported above
         }
-        let first = &rb.steps[cycle[0]];
-        let mut path: Vec<&str> = cycle.iter().map(|&i| rb.steps[i].id.as_str()).collect();
-        let members = sorted(&path).join(", ");
+        let first = &rb.steps[cycle.path[0]];
+        let mut path: Vec<&str> = cycle.path.iter().map(|&i| rb.steps[i].id.as_str()).collect();
+        let members: Vec<&str> = cycle.members.iter().map(|&i| rb.steps[i].id.as_str()).collect();
+        let members = sorted(&members).join(", ");
         path.push(first.id.as_str());
         let why = if through_cmdb {
             " (partly through the order implied by the CMDB)"
@@ -447,9 +410,5 @@ fn check_runbook(
 }
 
 fn non_zero(loc: Location) -> Location {
-    if loc.line == 0 {
-        Location::new(1, 1)
-    } else {
-        loc
-    }
+    if loc.line == 0 { Location::new(1, 1) } else { loc }
 }

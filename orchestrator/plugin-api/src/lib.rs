@@ -19,9 +19,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use drover_model::{
-    ActionCatalog, ActionClass, Config, Issue, Located, Node, ParamCx, RunMode,
-};
+pub use drover_model::{ActionCatalog, ActionClass, Config, Issue, Located, Node, ParamCx, RunMode};
 pub use tokio_util::sync::CancellationToken;
 
 /// The load-time half of an action: its name, class and parameter check.
@@ -50,11 +48,7 @@ pub trait Action: ActionSpec {
     /// Does the work. Must be idempotent: it runs again after a crash.
     async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError>;
     /// Undoes a completed execution; `done` is what that execution returned, when known.
-    async fn compensate(
-        &self,
-        cx: &StepContext,
-        done: Option<&StepOutput>,
-    ) -> Result<(), ActionError>;
+    async fn compensate(&self, cx: &StepContext, done: Option<&StepOutput>) -> Result<(), ActionError>;
 }
 
 /// How an attempt failed. The engine decides what happens next.
@@ -74,7 +68,7 @@ pub enum ActionError {
 impl fmt::Display for ActionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ActionError::Retryable(m) => write!(f, "{m} (retryable)"),
+            ActionError::Retryable(m) => f.write_str(m),
             ActionError::Permanent(m) => f.write_str(m),
             ActionError::OutcomeUnknown(m) => write!(f, "outcome unknown: {m}"),
             ActionError::Cancelled => f.write_str("cancelled"),
@@ -176,8 +170,7 @@ impl fmt::Debug for StepContext {
 impl StepContext {
     /// Reads the typed parameters (already validated at load time).
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, ActionError> {
-        drover_model::from_node(&self.params)
-            .map_err(|e| ActionError::Permanent(format!("invalid parameters: {e}")))
+        drover_model::from_node(&self.params).map_err(|e| ActionError::Permanent(format!("invalid parameters: {e}")))
     }
 
     /// Time left before the deadline.
@@ -226,14 +219,12 @@ impl Registry {
 
     /// Registers an action whose parameters can be checked but that cannot run in this build.
     pub fn add_spec(&mut self, spec: Arc<dyn ActionSpec>) {
-        self.entries
-            .insert(spec.kind().to_owned(), Entry::Spec(spec));
+        self.entries.insert(spec.kind().to_owned(), Entry::Spec(spec));
     }
 
     /// Registers a runnable action.
     pub fn add(&mut self, action: Arc<dyn Action>) {
-        self.entries
-            .insert(action.kind().to_owned(), Entry::Runnable(action));
+        self.entries.insert(action.kind().to_owned(), Entry::Runnable(action));
     }
 
     pub fn spec(&self, kind: &str) -> Option<&dyn ActionSpec> {
@@ -269,10 +260,7 @@ impl ActionCatalog for Registry {
                 if !matches!(with.value, Node::Map(_)) {
                     return vec![Issue::new(
                         with.loc,
-                        format!(
-                            "`with` must be a mapping of parameters, found {}",
-                            with.describe()
-                        ),
+                        format!("`with` must be a mapping of parameters, found {}", with.describe()),
                     )];
                 }
                 spec.validate(with, cx)

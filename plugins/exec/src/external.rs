@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use drover_model::config::{ExternalKind, ExternalPlugin};
 use drover_model::{Issue, Located, Node, ParamCx};
-use drover_plugin_api::{
-    Action, ActionClass, ActionError, ActionSpec, Preview, StepContext, StepOutput,
-};
+use drover_plugin_api::{Action, ActionClass, ActionError, ActionSpec, Preview, StepContext, StepOutput};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -52,12 +50,7 @@ struct Answer {
 }
 
 impl External {
-    async fn call(
-        &self,
-        cx: &StepContext,
-        op: &str,
-        output: Option<&StepOutput>,
-    ) -> Result<StepOutput, ActionError> {
+    async fn call(&self, cx: &StepContext, op: &str, output: Option<&StepOutput>) -> Result<StepOutput, ActionError> {
         let request = json!({
             "protocol": PROTOCOL,
             "op": op,
@@ -70,8 +63,7 @@ impl External {
             "timeout_ms": u64::try_from(cx.remaining().as_millis()).unwrap_or(u64::MAX),
             "output": output,
         });
-        let body =
-            serde_json::to_vec(&request).map_err(|e| ActionError::Permanent(e.to_string()))?;
+        let body = serde_json::to_vec(&request).map_err(|e| ActionError::Permanent(e.to_string()))?;
         let env = BTreeMap::from([("DROVER_PLUGIN_PROTOCOL".to_owned(), PROTOCOL.to_string())]);
         let done = process::run(&self.plugin.command, &env, None, Some(body), &cx.cancel).await?;
         let text = String::from_utf8_lossy(&done.stdout.bytes);
@@ -83,11 +75,7 @@ impl External {
         {
             Some(Ok(a)) => a,
             Some(Err(e)) => {
-                return Err(self.bad_answer(
-                    &done,
-                    &format!("its answer is not valid JSON ({e})"),
-                    op,
-                ));
+                return Err(self.bad_answer(&done, &format!("its answer is not valid JSON ({e})"), op));
             }
             None => return Err(self.bad_answer(&done, "it printed no answer", op)),
         };
@@ -109,11 +97,7 @@ impl External {
     }
 
     fn bad_answer(&self, done: &process::Finished, why: &str, op: &str) -> ActionError {
-        let msg = format!(
-            "plugin `{}` {} and {why}",
-            self.plugin.name,
-            done.describe_status()
-        );
+        let msg = format!("plugin `{}` {} and {why}", self.plugin.name, done.describe_status());
         let msg = match done.stderr.last_line() {
             Some(l) => format!("{msg}: {l}"),
             None => msg,
@@ -158,11 +142,7 @@ impl Action for External {
         self.call(cx, "execute", None).await
     }
 
-    async fn compensate(
-        &self,
-        cx: &StepContext,
-        done: Option<&StepOutput>,
-    ) -> Result<(), ActionError> {
+    async fn compensate(&self, cx: &StepContext, done: Option<&StepOutput>) -> Result<(), ActionError> {
         if !self.plugin.compensable {
             return Ok(());
         }

@@ -11,8 +11,7 @@ use async_trait::async_trait;
 use drover_model::config::ExternalPlugin;
 use drover_model::{Issue, Located, Node, ParamCx};
 use drover_plugin_api::{
-    Action, ActionClass, ActionError, ActionSpec, Preview, Registry, StepContext, StepOutput,
-    parse_params,
+    Action, ActionClass, ActionError, ActionSpec, Preview, Registry, StepContext, StepOutput, parse_params,
 };
 use serde::Deserialize;
 
@@ -47,10 +46,7 @@ fn argv(cmd: &Located<Vec<String>>, what: &str) -> Option<Issue> {
             cmd.loc,
             format!("{what} must name a program: [program, arg, ...]"),
         )),
-        Some(p) if p.is_empty() => Some(Issue::new(
-            cmd.loc,
-            format!("{what}: the program name is empty"),
-        )),
+        Some(p) if p.is_empty() => Some(Issue::new(cmd.loc, format!("{what}: the program name is empty"))),
         Some(_) => None,
     }
 }
@@ -58,12 +54,7 @@ fn argv(cmd: &Located<Vec<String>>, what: &str) -> Option<Issue> {
 fn env_names(env: &BTreeMap<String, String>, loc: drover_model::Location) -> Option<Issue> {
     env.keys()
         .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-        .map(|k| {
-            Issue::new(
-                loc,
-                format!("`{k}` is not a valid environment variable name"),
-            )
-        })
+        .map(|k| Issue::new(loc, format!("`{k}` is not a valid environment variable name")))
 }
 
 pub mod process;
@@ -115,20 +106,13 @@ impl Action for ExecRun {
         let p: RunParams = cx.params()?;
         let done = process::run(&p.command, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
         if done.success() {
-            Ok(
-                StepOutput::new(format!("`{}` exited 0", p.command.join(" ")))
-                    .with_data(done.to_json()),
-            )
+            Ok(StepOutput::new(format!("`{}` exited 0", p.command.join(" "))).with_data(done.to_json()))
         } else {
             Err(ActionError::Retryable(done.failure_message()))
         }
     }
 
-    async fn compensate(
-        &self,
-        cx: &StepContext,
-        _done: Option<&StepOutput>,
-    ) -> Result<(), ActionError> {
+    async fn compensate(&self, cx: &StepContext, _done: Option<&StepOutput>) -> Result<(), ActionError> {
         let p: RunParams = cx.params()?;
         let Some(undo) = &p.undo else { return Ok(()) };
         let done = process::run(undo, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
@@ -171,10 +155,7 @@ impl Action for ExecCheck {
         let p: CheckParams = cx.params()?;
         let done = process::run(&p.command, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
         if done.success() {
-            Ok(
-                StepOutput::new(format!("`{}` exited 0", p.command.join(" ")))
-                    .with_data(done.to_json()),
-            )
+            Ok(StepOutput::new(format!("`{}` exited 0", p.command.join(" "))).with_data(done.to_json()))
         } else {
             Err(ActionError::Retryable(done.failure_message()))
         }

@@ -143,11 +143,7 @@ pub async fn run(
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -159,12 +155,7 @@ pub async fn run(
     let mut child = cmd
         .spawn()
         .map_err(|e| ActionError::Permanent(format!("cannot start `{program}`: {e}")))?;
-    let mut guard = GroupGuard(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw),
-    );
+    let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw));
     let out = Arc::new(Mutex::new(Captured::default()));
     let err = Arc::new(Mutex::new(Captured::default()));
     let mut readers = Vec::new();

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use drover_model::{Dur, Issue, Located, Node, ParamCx};
 use drover_plugin_api::{
-    Action, ActionClass, ActionError, ActionSpec, Preview, Registry, StepContext, StepOutput,
-    parse_params,
+    Action, ActionClass, ActionError, ActionSpec, Preview, Registry, StepContext, StepOutput, parse_params,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -34,9 +33,7 @@ pub struct CheckParams {
 fn check(p: &CheckParams) -> Vec<Issue> {
     let mut out = Vec::new();
     let url = p.url.as_str();
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
     match rest {
         Some(r) if !r.is_empty() && !r.starts_with('/') => {}
         _ => out.push(Issue::new(
@@ -45,12 +42,13 @@ fn check(p: &CheckParams) -> Vec<Issue> {
         )),
     }
     if let Some(s) = &p.status
-        && !(100..=599).contains(&s.value) {
-            out.push(Issue::new(
-                s.loc,
-                format!("status {} is not an HTTP status (100-599)", s.value),
-            ));
-        }
+        && !(100..=599).contains(&s.value)
+    {
+        out.push(Issue::new(
+            s.loc,
+            format!("status {} is not an HTTP status (100-599)", s.value),
+        ));
+    }
     out
 }
 
@@ -96,11 +94,7 @@ impl Action for HttpCheck {
     async fn plan(&self, cx: &StepContext) -> Result<Preview, ActionError> {
         let p: CheckParams = cx.params()?;
         Ok(Preview {
-            summary: format!(
-                "GET {} expecting {}",
-                p.url,
-                p.status.map_or(200, |s| s.value)
-            ),
+            summary: format!("GET {} expecting {}", p.url, p.status.map_or(200, |s| s.value)),
         })
     }
 
@@ -139,26 +133,23 @@ impl Action for HttpCheck {
             )));
         }
         if let Some(needle) = &p.body_contains
-            && !body.contains(needle.as_str()) {
-                return Err(ActionError::Retryable(format!(
-                    "GET {}: the body does not contain {needle:?}",
-                    p.url
-                )));
-            }
+            && !body.contains(needle.as_str())
+        {
+            return Err(ActionError::Retryable(format!(
+                "GET {}: the body does not contain {needle:?}",
+                p.url
+            )));
+        }
         if let Some(max) = p.max_latency
-            && latency > max.0 {
-                return Err(ActionError::Retryable(format!(
-                    "GET {}: answered in {} ms, more than max_latency {max}",
-                    p.url,
-                    latency.as_millis()
-                )));
-            }
-        Ok(StepOutput::new(format!(
-            "GET {}: {status} in {} ms",
-            p.url,
-            latency.as_millis()
-        ))
-        .with_data(data))
+            && latency > max.0
+        {
+            return Err(ActionError::Retryable(format!(
+                "GET {}: answered in {} ms, more than max_latency {max}",
+                p.url,
+                latency.as_millis()
+            )));
+        }
+        Ok(StepOutput::new(format!("GET {}: {status} in {} ms", p.url, latency.as_millis())).with_data(data))
     }
 
     async fn compensate(&self, _: &StepContext, _: Option<&StepOutput>) -> Result<(), ActionError> {

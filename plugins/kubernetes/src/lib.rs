@@ -78,19 +78,12 @@ fn dns_name(n: &Located<String>, what: &str, max: usize) -> Result<(), Issue> {
     } else {
         Err(Issue::new(
             n.loc,
-            format!(
-                "`{n}` is not a valid {what} name (lower-case letters, digits, `-`, at most {max} characters)"
-            ),
+            format!("`{n}` is not a valid {what} name (lower-case letters, digits, `-`, at most {max} characters)"),
         ))
     }
 }
 
-fn workload(
-    cluster: &Located<String>,
-    ns: &Located<String>,
-    name: &Located<String>,
-    cx: &ParamCx<'_>,
-) -> Vec<Issue> {
+fn workload(cluster: &Located<String>, ns: &Located<String>, name: &Located<String>, cx: &ParamCx<'_>) -> Vec<Issue> {
     issues([
         cx.cluster(cluster).map(drop),
         dns_name(ns, "namespace", 63),
@@ -113,10 +106,7 @@ pub fn register(reg: &mut Registry) {
         check: |p, cx| {
             let mut out = workload(&p.cluster, &p.namespace, &p.name, cx);
             if !matches!(p.patch.value, Node::Map(_)) {
-                out.push(Issue::new(
-                    p.patch.loc,
-                    "patch must be a mapping (a JSON merge patch)",
-                ));
+                out.push(Issue::new(p.patch.loc, "patch must be a mapping (a JSON merge patch)"));
             }
             out
         },

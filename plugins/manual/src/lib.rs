@@ -5,8 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use drover_model::{Dur, Issue, Located, Node, ParamCx};
 use drover_plugin_api::{
-    Action, ActionClass, ActionError, ActionSpec, Approval, Preview, Registry, StepContext,
-    StepOutput, parse_params,
+    Action, ActionClass, ActionError, ActionSpec, Approval, Preview, Registry, StepContext, StepOutput, parse_params,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -48,10 +47,9 @@ impl ActionSpec for Approve {
     }
     fn validate(&self, with: &Located<Node>, _: &ParamCx<'_>) -> Vec<Issue> {
         match parse_params::<ApproveParams>(with) {
-            Ok(p) if p.prompt.trim().is_empty() => vec![Issue::new(
-                p.prompt.loc,
-                "manual.approve needs a non-empty prompt",
-            )],
+            Ok(p) if p.prompt.trim().is_empty() => {
+                vec![Issue::new(p.prompt.loc, "manual.approve needs a non-empty prompt")]
+            }
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
@@ -81,13 +79,11 @@ impl Action for Approve {
             }
         };
         Ok(
-            StepOutput::new(format!("approved by {} via {}", approval.by, approval.via)).with_data(
-                json!({
-                    "prompt": p.prompt.as_str(),
-                    "approved_by": approval.by,
-                    "via": approval.via,
-                }),
-            ),
+            StepOutput::new(format!("approved by {} via {}", approval.by, approval.via)).with_data(json!({
+                "prompt": p.prompt.as_str(),
+                "approved_by": approval.by,
+                "via": approval.via,
+            })),
         )
     }
 

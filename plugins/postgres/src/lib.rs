@@ -59,9 +59,7 @@ fn db(p: &DatabaseParams, cx: &ParamCx<'_>) -> Vec<drover_model::Issue> {
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
@@ -73,10 +71,7 @@ pub fn register(reg: &mut Registry) {
         class: ActionClass::Check,
         compensable: false,
         check: |p, cx| {
-            let mut out = issues([
-                cx.database(&p.primary).map(drop),
-                cx.database(&p.standby).map(drop),
-            ]);
+            let mut out = issues([cx.database(&p.primary).map(drop), cx.database(&p.standby).map(drop)]);
             if p.primary.value == p.standby.value {
                 out.push(drover_model::Issue::new(
                     p.standby.loc,
@@ -93,19 +88,18 @@ pub fn register(reg: &mut Registry) {
         check: |p, cx| {
             let mut out = issues([cx.database(&p.database).map(drop)]);
             if let Some(i) = &p.interval
-                && i.0.is_zero() {
-                    out.push(drover_model::Issue::new(
-                        i.loc,
-                        "interval must be longer than zero",
-                    ));
-                }
+                && i.0.is_zero()
+            {
+                out.push(drover_model::Issue::new(i.loc, "interval must be longer than zero"));
+            }
             if let Some(t) = &p.table
-                && !is_identifier(t) {
-                    out.push(drover_model::Issue::new(
-                        t.loc,
-                        "table must be a plain lower-case SQL identifier (letters, digits, `_`)",
-                    ));
-                }
+                && !is_identifier(t)
+            {
+                out.push(drover_model::Issue::new(
+                    t.loc,
+                    "table must be a plain lower-case SQL identifier (letters, digits, `_`)",
+                ));
+            }
             out
         },
     }));

@@ -16,8 +16,7 @@ pub fn run(cli: &Cli, command: &CmdbCommand) -> CmdResult {
     match command {
         CmdbCommand::Impact { ci, format } => {
             if cmdb.item(ci).is_none() {
-                let hint =
-                    drover_model::diag::did_you_mean(ci, cmdb.items.iter().map(|c| c.id.as_str()));
+                let hint = drover_model::diag::did_you_mean(ci, cmdb.items.iter().map(|c| c.id.as_str()));
                 return Err(Failure::Usage(anyhow::anyhow!("unknown CI `{ci}`{hint}")));
             }
             let impacted: Vec<_> = graph
@@ -58,10 +57,7 @@ pub fn run(cli: &Cli, command: &CmdbCommand) -> CmdResult {
                         for i in &impacted {
                             let depth = i["depth"].as_u64().unwrap_or(0) as usize;
                             let tier = i["tier"].as_str().unwrap_or("-");
-                            let rto = i["rto_s"]
-                                .as_f64()
-                                .map(fmt_secs)
-                                .unwrap_or_else(|| "-".into());
+                            let rto = i["rto_s"].as_f64().map(fmt_secs).unwrap_or_else(|| "-".into());
                             let indent = "  ".repeat(depth);
                             let _ = writeln!(
                                 out,
@@ -95,20 +91,11 @@ pub fn run(cli: &Cli, command: &CmdbCommand) -> CmdResult {
                 super::print_json(&json!({"nodes": nodes, "edges": edges}))?;
             }
             GraphFormat::Dot => {
-                let mut out = String::from(
-                    "digraph cmdb {\n  rankdir=BT;\n  node [shape=box, fontname=\"Helvetica\"];\n",
-                );
+                let mut out =
+                    String::from("digraph cmdb {\n  rankdir=BT;\n  node [shape=box, fontname=\"Helvetica\"];\n");
                 for c in &cmdb.items {
-                    let tier = c
-                        .tier
-                        .as_ref()
-                        .map(|t| format!("\\n{t}"))
-                        .unwrap_or_default();
-                    let _ = writeln!(
-                        out,
-                        "  \"{}\" [label=\"{}\\n({}){tier}\"];",
-                        c.id, c.id, c.kind
-                    );
+                    let tier = c.tier.as_ref().map(|t| format!("\\n{t}")).unwrap_or_default();
+                    let _ = writeln!(out, "  \"{}\" [label=\"{}\\n({}){tier}\"];", c.id, c.id, c.kind);
                 }
                 for (a, b) in graph.edges() {
                     let _ = writeln!(out, "  \"{a}\" -> \"{b}\";");

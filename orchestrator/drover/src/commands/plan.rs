@@ -12,8 +12,7 @@ use crate::{CmdResult, Exit, Failure};
 pub fn run(cli: &Cli, arg: &str, format: PlanFormat) -> CmdResult {
     let (loaded, rb) = load_runbook(&cli.config, arg)?;
     let graph = CiGraph::new(loaded.cmdb());
-    let plan = drover_engine::plan(&rb, loaded.cmdb(), &graph)
-        .map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+    let plan = drover_engine::plan(&rb, loaded.cmdb(), &graph).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
     match format {
         PlanFormat::Json => super::print_json(&plan)?,
         PlanFormat::Text => print!("{}", text(&plan, &rb)),
@@ -33,11 +32,7 @@ pub fn text(plan: &Plan, rb: &drover_model::Runbook) -> String {
         (Some(f), Some(t)) => format!(", {f} -> {t}"),
         _ => String::new(),
     };
-    let _ = writeln!(
-        out,
-        "Runbook {} (service {}{route})",
-        plan.runbook, plan.service
-    );
+    let _ = writeln!(out, "Runbook {} (service {}{route})", plan.runbook, plan.service);
     if let Some(d) = &rb.description {
         let _ = writeln!(out, "  {}", d.trim());
     }
@@ -48,12 +43,7 @@ pub fn text(plan: &Plan, rb: &drover_model::Runbook) -> String {
         target(plan.targets.rto_s),
         target(plan.targets.rpo_s)
     );
-    let _ = writeln!(
-        out,
-        "CIs touched ({}): {}",
-        plan.cis.len(),
-        plan.cis.join(", ")
-    );
+    let _ = writeln!(out, "CIs touched ({}): {}", plan.cis.len(), plan.cis.join(", "));
     if !plan.preflight.is_empty() {
         let _ = writeln!(out, "\nPreflight (all must pass before anything changes):");
         for c in &plan.preflight {
@@ -65,11 +55,7 @@ pub fn text(plan: &Plan, rb: &drover_model::Runbook) -> String {
     let uses_width = plan.steps.iter().map(|s| s.uses.len()).max().unwrap_or(0);
     for (i, stage) in plan.stages.iter().enumerate() {
         for (j, id) in stage.iter().enumerate() {
-            let s = plan
-                .steps
-                .iter()
-                .find(|s| &s.id == id)
-                .expect("step of the plan");
+            let s = plan.steps.iter().find(|s| &s.id == id).expect("step of the plan");
             let num = if j == 0 {
                 format!("{:>3}.", i + 1)
             } else {
@@ -99,20 +85,13 @@ pub fn text(plan: &Plan, rb: &drover_model::Runbook) -> String {
         out,
         "\nCritical path ({} step{}{est}): {}",
         plan.critical_path.len(),
-        if plan.critical_path.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        if plan.critical_path.len() == 1 { "" } else { "s" },
         plan.critical_path.join(" -> ")
     );
     if !plan.verify.is_empty() {
         let _ = writeln!(out, "\nVerify (the RTO clock stops when all pass):");
         for c in &plan.verify {
-            let within = c
-                .within_s
-                .map(|w| format!(" within {}", secs(w)))
-                .unwrap_or_default();
+            let within = c.within_s.map(|w| format!(" within {}", secs(w))).unwrap_or_default();
             let _ = writeln!(out, "  - {} [{}]{within}", c.name, c.uses);
         }
     }
@@ -134,43 +113,19 @@ fn q(s: &str) -> String {
 pub fn dot(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph {} {{", q(&plan.runbook));
-    let _ = writeln!(
-        out,
-        "  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];"
-    );
+    let _ = writeln!(out, "  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];");
     let on_path = |id: &str| plan.critical_path.iter().any(|c| c == id);
-    let consecutive = |a: &str, b: &str| {
-        plan.critical_path
-            .windows(2)
-            .any(|w| w[0] == a && w[1] == b)
-    };
+    let consecutive = |a: &str, b: &str| plan.critical_path.windows(2).any(|w| w[0] == a && w[1] == b);
     for (i, stage) in plan.stages.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  subgraph {} {{\n    rank=same;",
-            q(&format!("stage{}", i + 1))
-        );
+        let _ = writeln!(out, "  subgraph {} {{\n    rank=same;", q(&format!("stage{}", i + 1)));
         for id in stage {
-            let s = plan
-                .steps
-                .iter()
-                .find(|s| &s.id == id)
-                .expect("step of the plan");
+            let s = plan.steps.iter().find(|s| &s.id == id).expect("step of the plan");
             let label = match &s.ci {
                 Some(ci) => format!("{}\\n{}\\nci: {}", s.id, s.uses, ci),
                 None => format!("{}\\n{}", s.id, s.uses),
             };
-            let style = if on_path(id) {
-                ", color=red, penwidth=2"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "    {} [label=\"{}\"{style}];",
-                q(id),
-                label.replace('"', "\\\"")
-            );
+            let style = if on_path(id) { ", color=red, penwidth=2" } else { "" };
+            let _ = writeln!(out, "    {} [label=\"{}\"{style}];", q(id), label.replace('"', "\\\""));
         }
         let _ = writeln!(out, "  }}");
     }

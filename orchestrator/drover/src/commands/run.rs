@@ -39,8 +39,7 @@ fn user() -> String {
 /// Ctrl-C once: stop starting steps. Twice (or SIGTERM): cancel the ones in flight.
 fn watch_signals(stop: CancellationToken, abort: CancellationToken, ui: Arc<Ui>) {
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut presses = 0;
         loop {
             let sigterm = async {
@@ -132,11 +131,7 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
         .ws
         .runbooks
         .iter()
-        .find(|r| {
-            r.runbook
-                .as_ref()
-                .is_some_and(|x| x.name.value == rb.name.value)
-        })
+        .find(|r| r.runbook.as_ref().is_some_and(|x| x.name.value == rb.name.value))
         .map(|r| r.path.clone())
         .unwrap_or_default();
     let source = loaded.ws.source(&path).unwrap_or_default().to_owned();
@@ -149,16 +144,11 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
         None => None,
     };
     let graph = drover_model::graph::CiGraph::new(&cmdb);
-    let plan =
-        drover_engine::plan(&rb, &cmdb, &graph).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+    let plan = drover_engine::plan(&rb, &cmdb, &graph).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
     if mode == RunMode::Failover && !flags.yes {
         confirm_failover(&super::plan::text(&plan, &rb), &rb.service)?;
     }
-    let total = if mode == RunMode::Verify {
-        0
-    } else {
-        rb.steps.len()
-    };
+    let total = if mode == RunMode::Verify { 0 } else { rb.steps.len() };
     let ui = Arc::new(Ui::new(
         format!("{} {}", mode.as_str(), rb.name),
         total,

@@ -11,9 +11,7 @@ use crate::{CmdResult, Exit, Failure};
 
 /// A run id from an id or a unique prefix of one.
 pub fn resolve(store: &Store, arg: &str) -> Result<String, Failure> {
-    let found = store
-        .runs_with_prefix(arg)
-        .map_err(|e| Failure::Other(e.into()))?;
+    let found = store.runs_with_prefix(arg).map_err(|e| Failure::Other(e.into()))?;
     if let Some(exact) = found.iter().find(|r| r.id == arg) {
         return Ok(exact.id.clone());
     }
@@ -26,18 +24,14 @@ pub fn resolve(store: &Store, arg: &str) -> Result<String, Failure> {
         many => Err(Failure::Usage(anyhow::anyhow!(
             "`{arg}` matches {} runs: {}",
             many.len(),
-            many.iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
         ))),
     }
 }
 
 /// The state of a run from its journal.
 pub fn state_of(store: &Store, id: &str) -> Result<RunState, Failure> {
-    let records =
-        drover_engine::journal::load_records(store, id).map_err(|e| Failure::Other(e.into()))?;
+    let records = drover_engine::journal::load_records(store, id).map_err(|e| Failure::Other(e.into()))?;
     Ok(RunState::from_records(id, &records))
 }
 
@@ -185,13 +179,7 @@ pub fn text(v: &RunView) -> String {
         );
         for s in &v.steps {
             let detail = s.error.clone().or(s.summary.clone()).unwrap_or_default();
-            let detail: String = detail
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(80)
-                .collect();
+            let detail: String = detail.lines().next().unwrap_or("").chars().take(80).collect();
             let _ = writeln!(
                 out,
                 "  {:<12} {:<w$} {:<16} {:>9} {:>9} {:>8}  {detail}",

@@ -29,9 +29,7 @@ pub fn run(cli: &Cli, format: TextJson) -> CmdResult {
             println!(
                 "ok: {} and {} ({cis} CIs), {} runbook{}",
                 ws.config_path.display(),
-                ws.cmdb_path
-                    .as_ref()
-                    .map_or("?".into(), |p| p.display().to_string()),
+                ws.cmdb_path.as_ref().map_or("?".into(), |p| p.display().to_string()),
                 ws.runbooks.len(),
                 if ws.runbooks.len() == 1 { "" } else { "s" }
             );
