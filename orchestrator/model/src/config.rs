@@ -251,6 +251,13 @@ pub struct EngineConfig {
     /// After a failover, further failovers of that service need `--ack` for this long.
     #[serde(default = "default_anti_flap")]
     pub anti_flap: Dur,
+    /// Delay before the first retry of a step; it doubles per attempt, up to 30s.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: Dur,
+}
+
+fn default_retry_backoff() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
 }
 
 fn default_max_parallel() -> usize {
@@ -266,6 +273,7 @@ impl Default for EngineConfig {
         Self {
             max_parallel: default_max_parallel(),
             anti_flap: default_anti_flap(),
+            retry_backoff: default_retry_backoff(),
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
-use std::time::Duration;
 
 use drover_engine::journal::RunOptions;
 use drover_engine::view::RunView;
@@ -79,7 +78,7 @@ fn engine(config: &Config, registry: Registry, ui: Arc<Ui>) -> Result<Engine, Fa
         config: Arc::new(config.clone()),
         observer: ui.clone(),
         approver: ui,
-        retry_backoff: Duration::from_secs(1),
+        retry_backoff: config.engine.retry_backoff.0,
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
     })
