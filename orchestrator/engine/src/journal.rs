@@ -10,6 +10,7 @@ use drover_plugin_api::{ActionError, StepOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
+use crate::state::RunState;
 use crate::store::{Store, StoreError};
 
 /// Which part of a run a step or check belongs to.
@@ -239,12 +240,14 @@ impl RunClock {
     }
 }
 
-/// Appends records to one run's journal and tells the observer.
+/// Appends records to one run's journal, keeps the run's state up to date with them,
+/// and tells the observer.
 #[derive(Clone)]
 pub struct Journal {
     store: Store,
     run_id: Arc<str>,
-    next: Arc<Mutex<u64>>,
+    /// The run's state after the last record (its `last_seq` gives the next sequence).
+    state: Arc<Mutex<RunState>>,
     clock: RunClock,
     observer: Arc<dyn Observer>,
 }
@@ -263,14 +266,25 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Journal {
-    pub fn new(store: Store, run_id: &str, next_seq: u64, clock: RunClock, observer: Arc<dyn Observer>) -> Self {
+    /// A journal continuing after the records `state` was built from.
+    pub fn new(store: Store, state: RunState, clock: RunClock, observer: Arc<dyn Observer>) -> Self {
         Journal {
             store,
-            run_id: run_id.into(),
-            next: Arc::new(Mutex::new(next_seq)),
+            run_id: state.id.as_str().into(),
+            state: Arc::new(Mutex::new(state)),
             clock,
             observer,
         }
+    }
+
+    /// The run's state as of the last record.
+    pub fn state(&self) -> RunState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the run's state without copying it.
+    pub fn with_state<T>(&self, f: impl FnOnce(&RunState) -> T) -> T {
+        f(&self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn run_id(&self) -> &str {
@@ -283,17 +297,17 @@ impl Journal {
 
     /// Appends `event`; when this returns, the record survives a crash of drover.
     pub fn append(&self, event: Event) -> Result<Record, StoreError> {
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let rec = Record {
-            seq: *next,
+            seq: state.last_seq.map_or(0, |s| s + 1),
             at: rfc3339(SystemTime::now()),
             t: self.clock.secs(),
             event,
         };
         let json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
         self.store.append(&self.run_id, rec.seq, &json)?;
-        *next += 1;
-        drop(next);
+        state.apply(&rec);
+        drop(state);
         self.observer.record(&rec);
         Ok(rec)
     }

@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime};
 use drover_model::graph::{CiGraph, StepGraph, StepNode};
 use drover_model::runbook::DEFAULT_TIMEOUT;
 use drover_model::{ActionClass, Check, Cmdb, Config, RunMode, Runbook, Step};
-use drover_plugin_api::{Action, ActionError, Approver, CancellationToken, Registry, StepContext, StepOutput};
+use drover_plugin_api::{
+    Action, ActionError, Approver, CancellationToken, Registry, RunFacts, RunScope, StepContext, StepOutput,
+};
 use petgraph::Direction;
 use tokio::task::JoinSet;
 
@@ -147,6 +149,8 @@ struct Ctx {
     options: RunOptions,
     /// Cancelled when the run halts: steps in flight make no further attempts.
     halt: CancellationToken,
+    /// Background work of the run's steps, ended with the run.
+    scope: RunScope,
 }
 
 /// How one step ended, for the scheduler.
@@ -235,7 +239,8 @@ impl Engine {
         if let Err(why) = created {
             return Err(EngineError::Refused(why));
         }
-        let journal = Journal::new(self.store.clone(), &id, 0, RunClock::start(), self.observer.clone());
+        let fresh = RunState::from_records(&id, &[]);
+        let journal = Journal::new(self.store.clone(), fresh, RunClock::start(), self.observer.clone());
         journal.append(Event::RunStarted {
             runbook: rb.name.value.clone(),
             service: rb.service.value.clone(),
@@ -256,8 +261,9 @@ impl Engine {
             mode: req.mode,
             options: req.options,
             halt: CancellationToken::new(),
+            scope: RunScope::new(),
         });
-        let state = RunState::from_records(&id, &load_records(&self.store, &id)?);
+        let state = ctx.journal.state();
         let result = drive(ctx, state, ci_graph).await;
         drop(lock);
         result
@@ -314,11 +320,9 @@ impl Engine {
         let mode = state.mode.unwrap_or(RunMode::Drill);
         self.check_runnable(&runbook, mode)?;
         let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
-        let next = state.last_seq.map_or(0, |s| s + 1);
         let journal = Journal::new(
             self.store.clone(),
-            run_id,
-            next,
+            state.clone(),
             RunClock::resume(started),
             self.observer.clone(),
         );
@@ -336,8 +340,27 @@ impl Engine {
                 ..state.options.clone()
             },
             halt: CancellationToken::new(),
+            scope: RunScope::new(),
         });
-        let state = RunState::from_records(run_id, &load_records(&self.store, run_id)?);
+        // Background work of completed steps (a heartbeat) died with the old process.
+        for st in state
+            .steps
+            .iter()
+            .filter(|s| s.phase == Phase::Steps && s.status == Some(StepStatus::Ok))
+        {
+            let Some(step) = ctx.runbook.steps.iter().find(|x| x.id.value == st.id) else {
+                continue;
+            };
+            let action = self.action(&step.uses)?;
+            let cx = step_context(&ctx, &st.id, st.attempts, &step.with, None);
+            if let Err(e) = action
+                .resume(&cx, st.output.as_ref().unwrap_or(&StepOutput::default()))
+                .await
+            {
+                tracing::warn!(step = %st.id, error = %e, "could not restart the step's background work");
+            }
+        }
+        let state = ctx.journal.state();
         let result = drive(ctx, state, CiGraph::new(cmdb)).await;
         drop(lock);
         result
@@ -345,12 +368,38 @@ impl Engine {
 }
 
 fn reload(ctx: &Ctx) -> Result<RunState, EngineError> {
-    let id = ctx.journal.run_id();
-    Ok(RunState::from_records(id, &load_records(&ctx.engine.store, id)?))
+    Ok(ctx.journal.state())
+}
+
+/// The steps of this run, as the actions see them.
+struct Facts(Journal, Runbook);
+
+impl RunFacts for Facts {
+    fn completed(&self, kind: &str) -> Vec<(String, StepOutput)> {
+        self.0.with_state(|st| {
+            let mut done: Vec<_> = st
+                .steps
+                .iter()
+                .filter(|s| s.phase == Phase::Steps && s.status == Some(StepStatus::Ok))
+                .filter(|s| self.1.steps.iter().any(|x| x.id.value == s.id && x.uses.value == kind))
+                .map(|s| (s.finish_seq, s.id.clone(), s.output.clone().unwrap_or_default()))
+                .collect();
+            done.sort_by_key(|d| d.0);
+            done.into_iter().map(|(_, id, out)| (id, out)).collect()
+        })
+    }
+}
+
+/// Ends the background work of the run's steps.
+async fn close_scope(ctx: &Ctx) {
+    for name in ctx.scope.close(Duration::from_secs(10)).await {
+        tracing::warn!(task = %name, "background task did not stop in time and was aborted");
+    }
 }
 
 /// Records an interruption and returns the run as it stands.
-fn interrupted(ctx: &Ctx, reason: &str) -> Result<RunState, EngineError> {
+async fn interrupted(ctx: &Ctx, reason: &str) -> Result<RunState, EngineError> {
+    close_scope(ctx).await;
     ctx.journal.append(Event::Interrupted { reason: reason.into() })?;
     ctx.engine.store.sync()?;
     reload(ctx)
@@ -373,16 +422,16 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
     if halted.is_none() && state.steps.iter().all(|s| s.phase != Phase::Steps) && !pending.is_empty() {
         match run_checks(&ctx, Phase::Preflight, &pending).await? {
             ChecksEnd::Passed(_) => {}
-            ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT),
+            ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT).await,
             ChecksEnd::Failed(why) => {
                 let reason = format!("preflight failed, nothing was changed: {why}");
                 ctx.journal.append(Event::Halted { reason: reason.clone() })?;
-                return finish(&ctx, Outcome::Failed, None, reason);
+                return finish(&ctx, Outcome::Failed, None, reason).await;
             }
         }
     }
     if ctx.engine.stop.is_cancelled() {
-        return interrupted(&ctx, INTERRUPT);
+        return interrupted(&ctx, INTERRUPT).await;
     }
 
     // 2. Steps.
@@ -399,7 +448,7 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
             match run_steps(&ctx, &state, &ci_graph).await? {
                 DagEnd::Done => {}
                 DagEnd::Halted(reason) => halted = Some(reason),
-                DagEnd::Interrupted => return interrupted(&ctx, INTERRUPT),
+                DagEnd::Interrupted => return interrupted(&ctx, INTERRUPT).await,
             }
         }
     }
@@ -417,7 +466,7 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
                 .filter(|c| !state.check_passed(Phase::Verify, &c.name))
                 .collect();
             match run_checks(&ctx, Phase::Verify, &pending).await? {
-                ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT),
+                ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT).await,
                 ChecksEnd::Failed(why) => {
                     let reason = format!("verification failed: {why}");
                     ctx.journal.append(Event::Halted { reason: reason.clone() })?;
@@ -454,13 +503,13 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
         match compensate(&ctx).await? {
             UndoEnd::Done => {}
             UndoEnd::Stuck(why) => stuck = Some(why),
-            UndoEnd::Interrupted => return interrupted(&ctx, INTERRUPT),
+            UndoEnd::Interrupted => return interrupted(&ctx, INTERRUPT).await,
         }
         if stuck.is_none() {
             match rollback(&ctx, RollbackReason::Failure).await? {
                 UndoEnd::Done => {}
                 UndoEnd::Stuck(why) => stuck = Some(why),
-                UndoEnd::Interrupted => return interrupted(&ctx, INTERRUPT),
+                UndoEnd::Interrupted => return interrupted(&ctx, INTERRUPT).await,
             }
         }
     }
@@ -473,14 +522,15 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
             match rollback(&ctx, RollbackReason::DrillCleanup).await? {
                 UndoEnd::Done => {}
                 UndoEnd::Stuck(why) => stuck = Some(why),
-                UndoEnd::Interrupted => return interrupted(&ctx, INTERRUPT),
+                UndoEnd::Interrupted => return interrupted(&ctx, INTERRUPT).await,
             }
         }
     }
 
     // 6. Outcome.
     let state = reload(&ctx)?;
-    let rto_target = state.plan.as_ref().and_then(|p| p.targets.rto_s);
+    let targets = state.plan.as_ref().map(|p| p.targets);
+    let rpo_s = rpo_achieved(&state);
     let (outcome, reason) = if let Some(why) = stuck {
         (
             Outcome::Stuck,
@@ -492,23 +542,36 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
     } else if let Some(h) = halted {
         (Outcome::Failed, h)
     } else {
-        match (rto_s, rto_target) {
-            (Some(a), Some(t)) if a > t => (
+        let mut missed = Vec::new();
+        if let (Some(a), Some(t)) = (rto_s, targets.and_then(|t| t.rto_s))
+            && a > t
+        {
+            missed.push(format!("RTO {a:.1}s is over the target {t:.0}s"));
+        }
+        if let (Some(a), Some(t)) = (rpo_s, targets.and_then(|t| t.rpo_s))
+            && a > t
+        {
+            missed.push(format!("RPO {a:.1}s is over the target {t:.0}s"));
+        }
+        match (missed.is_empty(), rto_s) {
+            (false, _) => (
                 Outcome::TargetsMissed,
-                format!("recovered, but RTO {a:.1}s is over the target {t:.0}s"),
+                format!("recovered, but {}", missed.join(" and ")),
             ),
-            (Some(a), _) => (Outcome::Passed, format!("recovered in {a:.1}s")),
-            (None, _) => (Outcome::Passed, "every check passed".into()),
+            (true, Some(a)) => (Outcome::Passed, format!("recovered in {a:.1}s")),
+            (true, None) => (Outcome::Passed, "every check passed".into()),
         }
     };
-    finish(&ctx, outcome, rto_s, reason)
+    finish(&ctx, outcome, rto_s, reason).await
 }
 
-fn finish(ctx: &Ctx, outcome: Outcome, rto_s: Option<f64>, reason: String) -> Result<RunState, EngineError> {
+async fn finish(ctx: &Ctx, outcome: Outcome, rto_s: Option<f64>, reason: String) -> Result<RunState, EngineError> {
+    close_scope(ctx).await;
+    let rpo_s = ctx.journal.with_state(rpo_achieved);
     let rec = ctx.journal.append(Event::RunFinished {
         outcome,
         rto_s,
-        rpo_s: None,
+        rpo_s,
         reason,
     })?;
     ctx.engine
@@ -571,6 +634,10 @@ fn step_context(
         deadline: now + timeout.unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600)),
         approved: ctx.options.yes,
         approver: ctx.engine.approver.clone(),
+        facts: Arc::new(Facts(ctx.journal.clone(), ctx.runbook.clone())),
+        scope: ctx.scope.clone(),
+        assume_lost: ctx.runbook.assume_lost,
+        force_lag: ctx.options.force_lag,
     }
 }
 
@@ -958,4 +1025,19 @@ async fn rollback(ctx: &Arc<Ctx>, reason: RollbackReason) -> Result<UndoEnd, Eng
         }
     }
     Ok(UndoEnd::Done)
+}
+
+/// The run's RPO achieved: the largest `measurements.rpo_s` of its steps and checks.
+pub fn rpo_achieved(st: &RunState) -> Option<f64> {
+    let from = |v: &serde_json::Value| {
+        v.get("measurements")
+            .and_then(|m| m.get("rpo_s"))
+            .and_then(serde_json::Value::as_f64)
+    };
+    st.steps
+        .iter()
+        .filter(|s| s.status == Some(StepStatus::Ok))
+        .filter_map(|s| s.output.as_ref().and_then(|o| from(&o.data)))
+        .chain(st.checks.iter().filter(|c| c.passed).filter_map(|c| from(&c.data)))
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
 }

@@ -49,6 +49,79 @@ pub trait Action: ActionSpec {
     async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError>;
     /// Undoes a completed execution; `done` is what that execution returned, when known.
     async fn compensate(&self, cx: &StepContext, done: Option<&StepOutput>) -> Result<(), ActionError>;
+    /// Called for each completed step of a run that a new process resumes, so that an
+    /// action with background work for the rest of the run (a heartbeat) restarts it.
+    async fn resume(&self, _cx: &StepContext, _done: &StepOutput) -> Result<(), ActionError> {
+        Ok(())
+    }
+}
+
+/// What an action may know about the rest of its run.
+pub trait RunFacts: Send + Sync {
+    /// The steps of this run that completed with action `kind`, in order: (step id, output).
+    fn completed(&self, kind: &str) -> Vec<(String, StepOutput)>;
+}
+
+/// No facts: for actions run outside a run (tests, previews).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFacts;
+
+impl RunFacts for NoFacts {
+    fn completed(&self, _kind: &str) -> Vec<(String, StepOutput)> {
+        Vec::new()
+    }
+}
+
+/// Work that lasts for the rest of a run (a heartbeat writer). The engine cancels
+/// [`RunScope::ending`] when the run ends, is interrupted or fails, and waits for the
+/// tasks to finish.
+#[derive(Clone, Default)]
+pub struct RunScope {
+    ending: CancellationToken,
+    tasks: Arc<std::sync::Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>>,
+}
+
+impl fmt::Debug for RunScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunScope")
+            .field("ending", &self.ending.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunScope {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancelled when the run ends: background tasks stop on it.
+    pub fn ending(&self) -> CancellationToken {
+        self.ending.clone()
+    }
+
+    /// Runs `task` in the background until the run ends (it should watch [`Self::ending`]).
+    pub fn spawn(&self, name: impl Into<String>, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.into(), handle));
+    }
+
+    /// Ends the run's background work: cancels and waits up to `grace` for each task
+    /// (then aborts it). Returns the names of tasks that had to be aborted.
+    pub async fn close(&self, grace: Duration) -> Vec<String> {
+        self.ending.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut aborted = Vec::new();
+        for (name, mut handle) in tasks {
+            if tokio::time::timeout(grace, &mut handle).await.is_err() {
+                handle.abort();
+                aborted.push(name);
+            }
+        }
+        aborted
+    }
 }
 
 /// How an attempt failed. The engine decides what happens next.
@@ -79,6 +152,9 @@ impl fmt::Display for ActionError {
 impl std::error::Error for ActionError {}
 
 /// What a successful execution reports; recorded in the journal.
+///
+/// Measurements go under `data.measurements` (e.g. `{"rpo_s": 0.8}`): the engine takes
+/// a run's RPO achieved from the `rpo_s` of its steps and checks (the largest one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct StepOutput {
     /// One line for people.
@@ -126,6 +202,14 @@ pub struct StepContext {
     pub approved: bool,
     /// Asks a person to release a `manual.approve` gate.
     pub approver: Arc<dyn Approver>,
+    /// What happened earlier in this run.
+    pub facts: Arc<dyn RunFacts>,
+    /// Background work for the rest of the run.
+    pub scope: RunScope,
+    /// The runbook declares its `from` site lost: a fence cannot be observed (recorded).
+    pub assume_lost: bool,
+    /// `--force-lag`: a lag gate over its limit warns instead of refusing (recorded).
+    pub force_lag: bool,
 }
 
 /// Who released a gate, and how.
