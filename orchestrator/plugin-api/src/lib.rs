@@ -72,13 +72,16 @@ impl RunFacts for NoFacts {
     }
 }
 
+/// A background task and its name.
+type NamedTask = (String, tokio::task::JoinHandle<()>);
+
 /// Work that lasts for the rest of a run (a heartbeat writer). The engine cancels
 /// [`RunScope::ending`] when the run ends, is interrupted or fails, and waits for the
 /// tasks to finish.
 #[derive(Clone, Default)]
 pub struct RunScope {
     ending: CancellationToken,
-    tasks: Arc<std::sync::Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>>,
+    tasks: Arc<std::sync::Mutex<Vec<NamedTask>>>,
 }
 
 impl fmt::Debug for RunScope {
