@@ -59,6 +59,9 @@ pub enum Command {
         /// Approve every `manual.approve` gate (and skip confirmations).
         #[arg(long)]
         yes: bool,
+        /// Why this run: recorded as the change record's justification.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -80,12 +83,18 @@ pub enum Command {
         /// Acknowledge a recent failover of the same service (anti-flap window).
         #[arg(long)]
         ack: bool,
+        /// Why this run: recorded as the change record's justification.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
     /// Run only the preflight and verify checks of a runbook: nothing changes.
     Verify {
         runbook: String,
+        /// Why this run: recorded as the change record's justification.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },

@@ -76,12 +76,18 @@ fn main() -> ExitCode {
         Command::Validate { format } => commands::validate::run(&cli, *format),
         Command::Plan { runbook, format } => commands::plan::run(&cli, runbook, *format),
         Command::Cmdb { command } => commands::cmdb::run(&cli, command),
-        Command::Drill { runbook, yes, format } => commands::run::start(
+        Command::Drill {
+            runbook,
+            yes,
+            reason,
+            format,
+        } => commands::run::start(
             &cli,
             runbook,
             drover_model::RunMode::Drill,
             commands::run::Flags {
                 yes: *yes,
+                reason: reason.clone(),
                 ..Default::default()
             },
             *format,
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
             declared_at,
             force_lag,
             ack,
+            reason,
             format,
         } => commands::run::start(
             &cli,
@@ -102,14 +109,22 @@ fn main() -> ExitCode {
                 declared_at: declared_at.clone(),
                 force_lag: *force_lag,
                 ack: *ack,
+                reason: reason.clone(),
             },
             *format,
         ),
-        Command::Verify { runbook, format } => commands::run::start(
+        Command::Verify {
+            runbook,
+            reason,
+            format,
+        } => commands::run::start(
             &cli,
             runbook,
             drover_model::RunMode::Verify,
-            commands::run::Flags::default(),
+            commands::run::Flags {
+                reason: reason.clone(),
+                ..Default::default()
+            },
             *format,
         ),
         Command::Resume { run, yes, format } => commands::run::resume(&cli, run, *yes, *format),

@@ -137,6 +137,7 @@ pub fn describe(rec: &Record) -> Option<String> {
         },
         Event::Interrupted { reason } => format!("interrupted: {reason}"),
         Event::RunFinished { outcome, reason, .. } => format!("finished: {} ({reason})", outcome.as_str()),
+        Event::Sealed { fingerprint, .. } => format!("journal sealed with key {fingerprint}"),
     })
 }
 

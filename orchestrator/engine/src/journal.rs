@@ -73,11 +73,68 @@ pub struct RunOptions {
     pub ack: bool,
     pub max_parallel: usize,
     pub requested_by: String,
+    /// Started by a schedule of the daemon (a `standard` change).
+    #[serde(default)]
+    pub scheduled: bool,
+    /// Why the run was started (the API requires one).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// ITIL change types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeType {
+    /// A scheduled drill or verification: pre-approved, routine.
+    Standard,
+    /// A manual drill or verification.
+    Normal,
+    /// A failover.
+    Emergency,
+}
+
+impl ChangeType {
+    pub fn of(mode: RunMode, scheduled: bool) -> ChangeType {
+        match (mode, scheduled) {
+            (RunMode::Failover, _) => ChangeType::Emergency,
+            (_, true) => ChangeType::Standard,
+            (_, false) => ChangeType::Normal,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Standard => "standard",
+            ChangeType::Normal => "normal",
+            ChangeType::Emergency => "emergency",
+        }
+    }
+}
+
+/// The change record's number and type, fixed when the run is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeHeader {
+    pub number: String,
+    #[serde(rename = "type")]
+    pub kind: ChangeType,
+}
+
+/// A CI the run touches, as the CMDB described it when the run started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CiInfo {
+    pub id: String,
+    pub kind: String,
+    pub tier: Option<String>,
+    pub owner: Option<String>,
+    pub rto_s: Option<f64>,
+    pub rpo_s: Option<f64>,
 }
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+// `run_started` is large and written once per run; boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     RunStarted {
         runbook: String,
@@ -94,6 +151,17 @@ pub enum Event {
         runbook_path: String,
         host: String,
         pid: u32,
+        change: Option<ChangeHeader>,
+        /// The CIs touched, with their tiers and targets at the start.
+        #[serde(default)]
+        cis: Vec<CiInfo>,
+        /// Sites recovered from and to.
+        #[serde(default)]
+        from: Option<String>,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        description: Option<String>,
     },
     /// A later process took the run over (`drover resume`).
     Resumed {
@@ -158,6 +226,13 @@ pub enum Event {
         rpo_s: Option<f64>,
         reason: String,
     },
+    /// The last record: an ed25519 signature over the hash of the record before it.
+    Sealed {
+        head: String,
+        signature: String,
+        public_key: String,
+        fingerprint: String,
+    },
 }
 
 impl Event {
@@ -176,6 +251,7 @@ impl Event {
             Event::RollbackStarted { .. } => "rollback_started",
             Event::Interrupted { .. } => "interrupted",
             Event::RunFinished { .. } => "run_finished",
+            Event::Sealed { .. } => "sealed",
         }
     }
 }
@@ -188,6 +264,8 @@ pub struct Record {
     pub at: String,
     /// Run clock: seconds since the run started (monotonic within a process).
     pub t: f64,
+    /// SHA-256 (hex) of the previous record's stored text; `None` for the first.
+    pub prev: Option<String>,
     #[serde(flatten)]
     pub event: Event,
 }
@@ -246,8 +324,11 @@ impl RunClock {
 pub struct Journal {
     store: Store,
     run_id: Arc<str>,
-    /// The run's state after the last record (its `last_seq` gives the next sequence).
-    state: Arc<Mutex<RunState>>,
+    /// The run's state after the last record (its `last_seq` gives the next sequence),
+    /// and the hash of that record.
+    state: Arc<Mutex<(RunState, Option<String>)>>,
+    /// Secret values (as they appear inside JSON strings) replaced before anything is stored.
+    redact: Arc<Vec<String>>,
     clock: RunClock,
     observer: Arc<dyn Observer>,
 }
@@ -266,12 +347,29 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Journal {
-    /// A journal continuing after the records `state` was built from.
-    pub fn new(store: Store, state: RunState, clock: RunClock, observer: Arc<dyn Observer>) -> Self {
+    /// A journal continuing after the records `state` was built from; `head` is the
+    /// hash of the last of them. `secrets` are redacted from every record.
+    pub fn new(
+        store: Store,
+        state: RunState,
+        head: Option<String>,
+        clock: RunClock,
+        observer: Arc<dyn Observer>,
+        secrets: &[String],
+    ) -> Self {
+        let redact = secrets
+            .iter()
+            .filter(|s| s.len() >= 4)
+            .map(|s| {
+                let quoted = serde_json::to_string(s).unwrap_or_default();
+                quoted[1..quoted.len().saturating_sub(1).max(1)].to_owned()
+            })
+            .collect();
         Journal {
             store,
             run_id: state.id.as_str().into(),
-            state: Arc::new(Mutex::new(state)),
+            state: Arc::new(Mutex::new((state, head))),
+            redact: Arc::new(redact),
             clock,
             observer,
         }
@@ -279,12 +377,18 @@ impl Journal {
 
     /// The run's state as of the last record.
     pub fn state(&self) -> RunState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
     /// Reads the run's state without copying it.
     pub fn with_state<T>(&self, f: impl FnOnce(&RunState) -> T) -> T {
-        f(&self.state.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&self.state.lock().unwrap_or_else(|p| p.into_inner()).0)
+    }
+
+    /// The hash of the last record and its sequence number.
+    pub fn head(&self) -> Option<(u64, String)> {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Some((g.0.last_seq?, g.1.clone()?))
     }
 
     pub fn run_id(&self) -> &str {
@@ -297,17 +401,27 @@ impl Journal {
 
     /// Appends `event`; when this returns, the record survives a crash of drover.
     pub fn append(&self, event: Event) -> Result<Record, StoreError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (state, head) = &mut *guard;
         let rec = Record {
             seq: state.last_seq.map_or(0, |s| s + 1),
             at: rfc3339(SystemTime::now()),
             t: self.clock.secs(),
+            prev: head.clone(),
             event,
         };
-        let json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut rec = rec;
+        if self.redact.iter().any(|s| json.contains(s.as_str())) {
+            for s in self.redact.iter() {
+                json = json.replace(s.as_str(), "[redacted]");
+            }
+            rec = serde_json::from_str(&json).map_err(|e| StoreError::Other(e.to_string()))?;
+        }
         self.store.append(&self.run_id, rec.seq, &json)?;
+        *head = Some(crate::evidence::sha256_hex(json.as_bytes()));
         state.apply(&rec);
-        drop(state);
+        drop(guard);
         self.observer.record(&rec);
         Ok(rec)
     }

@@ -1,6 +1,8 @@
 //! drover's engine: planning runbooks over the CMDB dependency graph, and running the
 //! plans with a durable journal, rollback, resume and RTO measurement.
 
+pub mod change;
+pub mod evidence;
 pub mod journal;
 pub mod plan;
 pub mod run;

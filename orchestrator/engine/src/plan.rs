@@ -211,8 +211,9 @@ pub fn plan(rb: &Runbook, cmdb: &Cmdb, ci_graph: &CiGraph) -> Result<Plan, Strin
         .all_steps()
         .filter_map(|s| s.ci.as_ref())
         .chain(rb.preflight.iter().chain(&rb.verify).filter_map(|c| c.ci.as_ref()));
+    let mut seen: std::collections::HashSet<String> = cis.iter().cloned().collect();
     for ci in bound {
-        if !cis.contains(&ci.value) {
+        if seen.insert(ci.value.clone()) {
             cis.push(ci.value.clone());
         }
     }

@@ -24,8 +24,10 @@ use drover_plugin_api::{
 use petgraph::Direction;
 use tokio::task::JoinSet;
 
+use crate::evidence::Signer;
 use crate::journal::{
-    Event, Journal, Observer, Outcome, Phase, RollbackReason, RunClock, RunOptions, StepStatus, load_records, rfc3339,
+    ChangeHeader, ChangeType, CiInfo, Event, Journal, Observer, Outcome, Phase, RollbackReason, RunClock, RunOptions,
+    StepStatus, load_records, rfc3339,
 };
 use crate::plan::plan;
 use crate::state::RunState;
@@ -72,6 +74,10 @@ pub struct Engine {
     pub stop: CancellationToken,
     /// Cancel steps in flight as well (second Ctrl-C, shutdown).
     pub abort: CancellationToken,
+    /// Seals finished runs (evidence); `None` leaves them unsealed.
+    pub signer: Option<Arc<Signer>>,
+    /// Secret values of the configuration: never written to the journal.
+    pub secrets: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -236,11 +242,36 @@ impl Engine {
                 )
             })
         })?;
-        if let Err(why) = created {
-            return Err(EngineError::Refused(why));
-        }
+        let number = created.map_err(EngineError::Refused)?;
+        let change = ChangeHeader {
+            number,
+            kind: ChangeType::of(req.mode, req.options.scheduled),
+        };
+        let cis = plan
+            .cis
+            .iter()
+            .filter_map(|id| req.cmdb.item(id))
+            .map(|ci| {
+                let t = req.cmdb.targets_of(&ci.id);
+                CiInfo {
+                    id: ci.id.value.clone(),
+                    kind: ci.kind.clone(),
+                    tier: ci.tier.as_ref().map(|t| t.value.clone()),
+                    owner: ci.owner.clone(),
+                    rto_s: t.rto.map(|d| d.as_secs_f64()),
+                    rpo_s: t.rpo.map(|d| d.as_secs_f64()),
+                }
+            })
+            .collect();
         let fresh = RunState::from_records(&id, &[]);
-        let journal = Journal::new(self.store.clone(), fresh, RunClock::start(), self.observer.clone());
+        let journal = Journal::new(
+            self.store.clone(),
+            fresh,
+            None,
+            RunClock::start(),
+            self.observer.clone(),
+            &self.secrets,
+        );
         journal.append(Event::RunStarted {
             runbook: rb.name.value.clone(),
             service: rb.service.value.clone(),
@@ -253,6 +284,11 @@ impl Engine {
             runbook_path: req.runbook_path.display().to_string(),
             host: hostname(),
             pid: std::process::id(),
+            change: Some(change),
+            cis,
+            from: rb.from.as_ref().map(|s| s.value.clone()),
+            to: rb.to.as_ref().map(|s| s.value.clone()),
+            description: rb.description.clone(),
         })?;
         let ctx = Arc::new(Ctx {
             engine: self.clone(),
@@ -320,11 +356,18 @@ impl Engine {
         let mode = state.mode.unwrap_or(RunMode::Drill);
         self.check_runnable(&runbook, mode)?;
         let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
+        let head = self
+            .store
+            .records(run_id)?
+            .last()
+            .map(|r| crate::evidence::sha256_hex(r.json.as_bytes()));
         let journal = Journal::new(
             self.store.clone(),
             state.clone(),
+            head,
             RunClock::resume(started),
             self.observer.clone(),
+            &self.secrets,
         );
         journal.append(Event::Resumed {
             pid: std::process::id(),
@@ -574,6 +617,16 @@ async fn finish(ctx: &Ctx, outcome: Outcome, rto_s: Option<f64>, reason: String)
         rpo_s,
         reason,
     })?;
+    // Seal the chain: sign the hash of the last record.
+    if let (Some(signer), Some((seq, head))) = (&ctx.engine.signer, ctx.journal.head()) {
+        let message = crate::evidence::seal_message(ctx.journal.run_id(), seq, &head);
+        ctx.journal.append(Event::Sealed {
+            head,
+            signature: signer.sign(&message),
+            public_key: signer.public_key_hex(),
+            fingerprint: signer.fingerprint(),
+        })?;
+    }
     ctx.engine
         .store
         .finish_run(ctx.journal.run_id(), outcome.as_str(), &rec.at)?;

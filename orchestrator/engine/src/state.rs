@@ -7,7 +7,7 @@ use drover_model::RunMode;
 use drover_plugin_api::StepOutput;
 use serde::Serialize;
 
-use crate::journal::{Event, Outcome, Phase, Record, RollbackReason, RunOptions, StepStatus};
+use crate::journal::{ChangeHeader, CiInfo, Event, Outcome, Phase, Record, RollbackReason, RunOptions, StepStatus};
 use crate::plan::Plan;
 
 /// One step (or compensation) as the journal tells it.
@@ -69,6 +69,11 @@ pub struct RunState {
     pub plan: Option<Plan>,
     pub runbook_source: String,
     pub runbook_path: String,
+    pub change: Option<ChangeHeader>,
+    pub cis: Vec<CiInfo>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub description: Option<String>,
     pub started_at: String,
     pub steps: Vec<StepState>,
     index: HashMap<(Phase, String), usize>,
@@ -80,6 +85,8 @@ pub struct RunState {
     pub interrupted: Option<String>,
     pub resumes: u32,
     pub finished: Option<Finish>,
+    /// The fingerprint of the key that sealed the run.
+    pub sealed_by: Option<String>,
     pub last_seq: Option<u64>,
     pub last_t: f64,
     pub last_at: String,
@@ -173,8 +180,18 @@ impl RunState {
                 plan,
                 runbook_source,
                 runbook_path,
+                change,
+                cis,
+                from,
+                to,
+                description,
                 ..
             } => {
+                self.change.clone_from(change);
+                self.cis.clone_from(cis);
+                self.from.clone_from(from);
+                self.to.clone_from(to);
+                self.description.clone_from(description);
                 self.runbook.clone_from(runbook);
                 self.service.clone_from(service);
                 self.mode = Some(*mode);
@@ -259,6 +276,7 @@ impl RunState {
             Event::Recovered { rto_s } => self.recovered_s = Some(*rto_s),
             Event::RollbackStarted { reason } => self.rollbacks.push(*reason),
             Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
+            Event::Sealed { fingerprint, .. } => self.sealed_by = Some(fingerprint.clone()),
             Event::RunFinished {
                 outcome,
                 rto_s,

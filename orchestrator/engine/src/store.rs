@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS service_locks (
     service TEXT PRIMARY KEY,
     run_id  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS change_numbers (
+    year INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL
+);
 "#;
 
 /// The SQLite state store. Cheap to clone; one connection behind a mutex.
@@ -118,6 +122,19 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // Added after the first schema: the run's change number.
+        let has_change: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = 'change_number'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(err)?;
+        if !has_change {
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN change_number TEXT")
+                .map_err(err)?;
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
@@ -144,14 +161,15 @@ impl Store {
         }
     }
 
-    /// Creates a run and takes its service's lock, atomically. When another unfinished
+    /// Creates a run, gives it the next change number of its year (`CHG-YYYY-NNNN`) and
+    /// takes its service's lock, atomically. When another unfinished
     /// run holds the service, `holder` gets that run and says why this one is refused
     /// (`None`: take the lock over).
     pub fn create_run(
         &self,
         row: &RunRow,
         holder: impl Fn(&RunRow) -> Option<String>,
-    ) -> StoreResult<Result<(), String>> {
+    ) -> StoreResult<Result<String, String>> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -179,9 +197,19 @@ impl Store {
                 return Ok(Err(why));
             }
         }
+        let year: i64 = row.started_at.get(..4).and_then(|y| y.parse().ok()).unwrap_or(1970);
+        let n: i64 = tx
+            .query_row(
+                "INSERT INTO change_numbers (year, last) VALUES (?1, 1)
+                 ON CONFLICT (year) DO UPDATE SET last = last + 1 RETURNING last",
+                [year],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let number = format!("CHG-{year}-{n:04}");
         tx.execute(
-            "INSERT INTO runs (id, runbook, service, mode, state, outcome, started_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO runs (id, runbook, service, mode, state, outcome, started_at, finished_at, change_number)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 row.id,
                 row.runbook,
@@ -190,7 +218,8 @@ impl Store {
                 row.state,
                 row.outcome,
                 row.started_at,
-                row.finished_at
+                row.finished_at,
+                number
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -201,7 +230,7 @@ impl Store {
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(Ok(()))
+        Ok(Ok(number))
     }
 
     /// Appends one record to a run's journal.

@@ -74,8 +74,10 @@ pub struct RunView {
     pub critical_path: Vec<String>,
     pub cis: Vec<CiView>,
     pub resumes: u32,
-    /// The ITIL change record (a later part of drover fills this in).
-    pub change: Option<serde_json::Value>,
+    /// The ITIL change record.
+    pub change: Option<crate::change::ChangeRecord>,
+    /// The fingerprint of the key that sealed the run's journal.
+    pub sealed_by: Option<String>,
 }
 
 fn status_name(s: Option<StepStatus>) -> &'static str {
@@ -210,7 +212,8 @@ impl RunView {
             resumes: state.resumes,
             checks,
             steps,
-            change: None,
+            change: crate::change::ChangeRecord::from_state(state),
+            sealed_by: state.sealed_by.clone(),
         }
     }
 }

@@ -51,6 +51,18 @@ pub struct Config {
     pub runbooks: Located<PathBuf>,
 }
 
+impl Config {
+    /// Every secret the configuration names (their values must never be recorded).
+    pub fn secret_refs(&self) -> Vec<&SecretRef> {
+        let mut out: Vec<&SecretRef> = self.databases.iter().map(|d| &d.url).collect();
+        for s in &self.object_stores {
+            out.extend(s.access_key_id.iter().chain(s.secret_access_key.iter()));
+        }
+        out.push(&self.evidence.signing_key);
+        out
+    }
+}
+
 fn default_cmdb() -> Located<PathBuf> {
     Located::new(Default::default(), PathBuf::from("cmdb.yaml"))
 }

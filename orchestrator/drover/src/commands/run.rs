@@ -4,6 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
+use drover_engine::evidence::Signer;
 use drover_engine::journal::RunOptions;
 use drover_engine::view::RunView;
 use drover_engine::{Engine, EngineError, RunState, StartRequest, Store};
@@ -22,6 +23,7 @@ pub struct Flags {
     pub declared_at: Option<String>,
     pub force_lag: bool,
     pub ack: bool,
+    pub reason: Option<String>,
 }
 
 /// Opens the configured state store.
@@ -81,7 +83,23 @@ fn engine(config: &Config, registry: Registry, ui: Arc<Ui>) -> Result<Engine, Fa
         retry_backoff: config.engine.retry_backoff.0,
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
+        signer: Some(Arc::new(
+            Signer::load_or_create(&config.evidence.signing_key).map_err(|e| Failure::Other(anyhow::anyhow!(e)))?,
+        )),
+        secrets: Arc::new(secret_values(config)),
     })
+}
+
+/// The values of the configuration's secrets that can be resolved here, so that the
+/// journal can keep them out (a command may print one).
+pub fn secret_values(config: &Config) -> Vec<String> {
+    config
+        .secret_refs()
+        .into_iter()
+        .filter_map(|s| s.resolve().ok())
+        .map(|v| v.expose().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -168,6 +186,8 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
             ack: flags.ack,
             max_parallel: rb.max_parallel.unwrap_or(config.engine.max_parallel),
             requested_by: user(),
+            scheduled: false,
+            reason: flags.reason.clone(),
         },
     };
     let rt = runtime()?;

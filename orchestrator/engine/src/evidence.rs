@@ -1,0 +1,271 @@
+//! Evidence: every journal record carries the SHA-256 of the one before it (a chain per
+//! run), and when a run ends its head is signed with an ed25519 key (the `sealed`
+//! record). Anyone holding the records can check them offline ([`verify_records`]).
+//!
+//! Hashing and signatures are ring's (already drover's TLS crypto provider).
+
+use std::io::Write;
+use std::path::Path;
+
+use drover_model::SecretRef;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::Serialize;
+
+use crate::journal::{Event, Record};
+use crate::store::StoredRecord;
+
+/// Version tag of the signed message and of exported bundles.
+pub const FORMAT: &str = "drover-evidence/1";
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// SHA-256 of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+/// The fingerprint of a public key, shown in reports: `SHA256:` and the hex digest.
+pub fn fingerprint(public_key: &[u8]) -> String {
+    format!("SHA256:{}", sha256_hex(public_key))
+}
+
+/// What a seal signs: the format, the run, and the head of its chain.
+pub fn seal_message(run_id: &str, head_seq: u64, head: &str) -> Vec<u8> {
+    format!("{FORMAT}\n{run_id}\n{head_seq}\n{head}\n").into_bytes()
+}
+
+/// Checks an ed25519 signature (all hex).
+pub fn verify_signature(public_key_hex: &str, message: &[u8], signature_hex: &str) -> bool {
+    match (unhex(public_key_hex), unhex(signature_hex)) {
+        (Some(pk), Some(sig)) => UnparsedPublicKey::new(&ED25519, pk).verify(message, &sig).is_ok(),
+        _ => false,
+    }
+}
+
+/// The evidence signing key.
+pub struct Signer {
+    key: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("fingerprint", &self.fingerprint())
+            .finish()
+    }
+}
+
+impl Signer {
+    /// From a 32-byte seed.
+    pub fn from_seed(seed: &[u8]) -> Result<Signer, String> {
+        Ed25519KeyPair::from_seed_unchecked(seed)
+            .map(|key| Signer { key })
+            .map_err(|_| "the signing key must be 32 bytes (64 hex digits)".to_owned())
+    }
+
+    /// Loads the key named by `evidence.signing_key`; a `{file:}` key that does not exist
+    /// yet is created (mode 0600).
+    pub fn load_or_create(secret: &SecretRef) -> Result<Signer, String> {
+        if let SecretRef::File(path) = secret
+            && !path.exists()
+        {
+            create_key_file(path)?;
+        }
+        let value = secret.resolve().map_err(|e| format!("evidence signing key: {e}"))?;
+        let seed = unhex(value.expose().trim())
+            .ok_or_else(|| "evidence signing key: expected 64 hex digits (an ed25519 seed)".to_owned())?;
+        Signer::from_seed(&seed).map_err(|e| format!("evidence signing key: {e}"))
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        self.key.public_key().as_ref()
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex(self.public_key())
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.public_key())
+    }
+
+    /// Signs `message`; the signature as hex.
+    pub fn sign(&self, message: &[u8]) -> String {
+        hex(self.key.sign(message).as_ref())
+    }
+}
+
+fn create_key_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| "cannot get random bytes for a new signing key".to_owned())?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create the signing key {}: {e}", path.display()))?;
+    f.write_all(format!("{}\n", hex(&seed)).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write the signing key {}: {e}", path.display()))
+}
+
+/// What checking a run's records found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub run_id: String,
+    pub records: usize,
+    /// Hash of the last record.
+    pub head: Option<String>,
+    /// The key that sealed the run, when it is sealed.
+    pub fingerprint: Option<String>,
+    pub public_key: Option<String>,
+    pub signature: Option<String>,
+    /// The first problem: the record where the chain breaks.
+    pub problem: Option<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Position of the first bad record (its sequence number when readable).
+    pub record: u64,
+    pub message: String,
+}
+
+impl Verification {
+    pub fn intact(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Checks a run's records: consecutive sequence numbers, each `prev` equal to the
+/// SHA-256 of the record before, and a final `sealed` record whose signature over the
+/// head verifies. `require_seal`: a finished run must be sealed.
+pub fn verify_records(run_id: &str, records: &[StoredRecord], require_seal: bool) -> Verification {
+    let mut v = Verification {
+        run_id: run_id.to_owned(),
+        records: records.len(),
+        head: None,
+        fingerprint: None,
+        public_key: None,
+        signature: None,
+        problem: None,
+    };
+    let mut prev: Option<String> = None;
+    let fail = |v: &mut Verification, record: u64, message: String| {
+        v.problem = Some(Problem { record, message });
+    };
+    for (i, stored) in records.iter().enumerate() {
+        let i = i as u64;
+        let rec: Record = match serde_json::from_str(&stored.json) {
+            Ok(r) => r,
+            Err(e) => {
+                fail(&mut v, i, format!("record {i} is not a valid journal record: {e}"));
+                return v;
+            }
+        };
+        if rec.seq != i || stored.seq != i {
+            fail(
+                &mut v,
+                i,
+                format!(
+                    "record {i} has sequence number {} (records are missing or out of order)",
+                    rec.seq
+                ),
+            );
+            return v;
+        }
+        if rec.prev != prev {
+            fail(
+                &mut v,
+                i,
+                format!(
+                    "record {i} does not follow record {}: its `prev` is not the hash of the record before (changed, removed or inserted records)",
+                    i.saturating_sub(1)
+                ),
+            );
+            return v;
+        }
+        let hash = sha256_hex(stored.json.as_bytes());
+        if let Event::Sealed {
+            head,
+            signature,
+            public_key,
+            fingerprint: fp,
+        } = &rec.event
+        {
+            if i + 1 != records.len() as u64 {
+                fail(
+                    &mut v,
+                    i + 1,
+                    format!("record {} follows the seal: nothing may be added after it", i + 1),
+                );
+                return v;
+            }
+            if Some(head) != prev.as_ref() {
+                fail(
+                    &mut v,
+                    i,
+                    format!("the seal (record {i}) names a head that is not the previous record's hash"),
+                );
+                return v;
+            }
+            let Some(pk) = unhex(public_key) else {
+                fail(&mut v, i, format!("the seal (record {i}) has a malformed public key"));
+                return v;
+            };
+            if fingerprint(&pk) != *fp {
+                fail(
+                    &mut v,
+                    i,
+                    format!("the seal (record {i}) names a fingerprint that is not its key's"),
+                );
+                return v;
+            }
+            if !verify_signature(public_key, &seal_message(run_id, i.saturating_sub(1), head), signature) {
+                fail(
+                    &mut v,
+                    i,
+                    format!(
+                        "the seal's signature (record {i}) does not verify: the records were changed after signing"
+                    ),
+                );
+                return v;
+            }
+            v.fingerprint = Some(fp.clone());
+            v.public_key = Some(public_key.clone());
+            v.signature = Some(signature.clone());
+        }
+        prev = Some(hash);
+    }
+    v.head = prev;
+    if require_seal && v.signature.is_none() {
+        let n = records.len() as u64;
+        fail(
+            &mut v,
+            n,
+            format!(
+                "the run is not sealed: no signed record after record {}",
+                n.saturating_sub(1)
+            ),
+        );
+    }
+    v
+}
