@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::support::{Fixture, drover_bin};
 
-const CONFIG: &str = r#"sites: [{name: east}, {name: west}]
+pub(crate) const CONFIG: &str = r#"sites: [{name: east}, {name: west}]
 state: {url: "sqlite://state/state.db"}
 engine: {max_parallel: 16, retry_backoff: 50ms, anti_flap: 1h}
 cmdb: cmdb.yaml
@@ -30,7 +30,7 @@ items:
 "#;
 
 /// A fixture with the engine config, the CMDB and one runbook `rb`.
-fn fixture(runbook: &str) -> Fixture {
+pub(crate) fn fixture(runbook: &str) -> Fixture {
     let fx = Fixture::empty();
     fx.write("drover.yaml", CONFIG);
     fx.write("cmdb.yaml", CMDB);
@@ -39,7 +39,7 @@ fn fixture(runbook: &str) -> Fixture {
 }
 
 /// Runs `drover ARGS --format json` in the fixture; the exit code and the run's JSON.
-fn drover_json(fx: &Fixture, args: &[&str]) -> (i32, Value) {
+pub(crate) fn drover_json(fx: &Fixture, args: &[&str]) -> (i32, Value) {
     let out = fx
         .drover()
         .args(args)
@@ -65,7 +65,7 @@ fn log(fx: &Fixture) -> Vec<String> {
         .collect()
 }
 
-fn step<'a>(run: &'a Value, phase: &str, id: &str) -> &'a Value {
+pub(crate) fn step<'a>(run: &'a Value, phase: &str, id: &str) -> &'a Value {
     run["steps"]
         .as_array()
         .expect("steps")
@@ -92,7 +92,7 @@ fn wait_for(path: &Path, within: Duration) {
 }
 
 /// Starts drover in the background (stdin closed, output discarded).
-fn spawn(fx: &Fixture, args: &[&str]) -> Child {
+pub(crate) fn spawn(fx: &Fixture, args: &[&str]) -> Child {
     std::process::Command::new(drover_bin())
         .current_dir(fx.root())
         .arg("--config")

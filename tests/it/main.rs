@@ -23,3 +23,4 @@ mod engine;
 mod examples;
 mod fuzz;
 mod planning;
+mod records;

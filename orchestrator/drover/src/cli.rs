@@ -115,6 +115,36 @@ pub enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// The continuity report of a run: outcome, RTO/RPO against target, timeline,
+    /// checks, issues found, evidence and sign-off fields.
+    Report {
+        /// A run id (or a unique prefix of one).
+        run: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// The ITIL change record of a run.
+    Change {
+        #[command(subcommand)]
+        command: ChangeCommand,
+    },
+    /// RTO and RPO achieved against target across the runs of a service.
+    Trend {
+        /// The service (a CI id).
+        service: String,
+        #[arg(long, value_enum, default_value_t = TrendFormat::Md)]
+        format: TrendFormat,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Export and verify the signed, hash-chained evidence of runs.
+    Evidence {
+        #[command(subcommand)]
+        command: EvidenceCommand,
+    },
     /// Query the CMDB.
     Cmdb {
         #[command(subcommand)]
@@ -158,6 +188,52 @@ pub enum RunsCommand {
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangeCommand {
+    /// Show the change record (JSON uses the field names of ServiceNow's change_request).
+    Show {
+        run: String,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Write one self-contained bundle file: records, signature, public key, report.
+    Export {
+        run: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Check a run (from the state store) or a bundle file offline; names the first bad
+    /// record. Exit 0 intact, 1 tampered.
+    Verify {
+        /// A run id, or the path of a bundle file.
+        target: String,
+        /// Require this key fingerprint (SHA256:...), e.g. from a report you trust.
+        #[arg(long, value_name = "FINGERPRINT")]
+        key: Option<String>,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Html,
+    Json,
+    Junit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrendFormat {
+    Md,
+    Html,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -269,3 +269,134 @@ pub fn verify_records(run_id: &str, records: &[StoredRecord], require_seal: bool
     }
     v
 }
+
+/// An exported evidence bundle: one self-contained JSON file with the run's journal
+/// records (exactly as stored, so their hashes can be recomputed), the key that sealed
+/// them, the continuity report, and a signature over everything else in the file.
+///
+/// The file is the bundle's canonical JSON (no whitespace, keys in a fixed order) and a
+/// newline: [`verify_bundle`] re-serializes what it read and requires the same bytes,
+/// so no byte of the file is slack.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    pub format: String,
+    pub run_id: String,
+    /// The journal records, in order, as stored.
+    pub records: Vec<String>,
+    pub public_key: String,
+    pub fingerprint: String,
+    /// The continuity report, as JSON text (kept as text so that it round-trips byte
+    /// for byte; numbers inside a parsed value might not).
+    pub report: String,
+    /// ed25519 signature (hex) over the SHA-256 of the bundle without this field.
+    pub bundle_signature: String,
+}
+
+fn canonical(b: &Bundle) -> String {
+    serde_json::to_string(b).unwrap_or_default()
+}
+
+fn bundle_digest(b: &Bundle) -> Vec<u8> {
+    let unsigned = Bundle {
+        bundle_signature: String::new(),
+        ..b.clone()
+    };
+    let mut msg = format!("{FORMAT}/bundle\n").into_bytes();
+    msg.extend_from_slice(sha256_hex(canonical(&unsigned).as_bytes()).as_bytes());
+    msg
+}
+
+/// Builds the bundle file of a sealed run.
+pub fn export_bundle(
+    run_id: &str,
+    records: &[StoredRecord],
+    report: &serde_json::Value,
+    signer: &Signer,
+) -> Result<String, String> {
+    let check = verify_records(run_id, records, true);
+    if let Some(p) = &check.problem {
+        return Err(format!(
+            "run {run_id} cannot be exported: record {}: {}",
+            p.record, p.message
+        ));
+    }
+    if check.public_key.as_deref() != Some(signer.public_key_hex().as_str()) {
+        return Err(format!(
+            "run {run_id} was sealed with key {}, not with the configured key {}",
+            check.fingerprint.unwrap_or_default(),
+            signer.fingerprint()
+        ));
+    }
+    let mut bundle = Bundle {
+        format: FORMAT.to_owned(),
+        run_id: run_id.to_owned(),
+        records: records.iter().map(|r| r.json.clone()).collect(),
+        public_key: signer.public_key_hex(),
+        fingerprint: signer.fingerprint(),
+        report: serde_json::to_string(report).map_err(|e| e.to_string())?,
+        bundle_signature: String::new(),
+    };
+    bundle.bundle_signature = signer.sign(&bundle_digest(&bundle));
+    Ok(canonical(&bundle) + "\n")
+}
+
+/// Checks a bundle file offline: that it is a bundle, that its records form an intact
+/// chain sealed by its key, that nothing else in it changed after signing, and that it
+/// is byte for byte in canonical form. The first problem found is reported.
+pub fn verify_bundle(bytes: &[u8]) -> Verification {
+    let bad = |message: String| Verification {
+        run_id: String::new(),
+        records: 0,
+        head: None,
+        fingerprint: None,
+        public_key: None,
+        signature: None,
+        problem: Some(Problem { record: 0, message }),
+    };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => return bad(format!("not a bundle: invalid UTF-8 at byte {}", e.valid_up_to())),
+    };
+    let bundle: Bundle = match serde_json::from_str(text) {
+        Ok(b) => b,
+        Err(e) => return bad(format!("not a valid evidence bundle: {e}")),
+    };
+    let records: Vec<StoredRecord> = bundle
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, json)| StoredRecord {
+            seq: i as u64,
+            json: json.clone(),
+        })
+        .collect();
+    let mut v = verify_records(&bundle.run_id, &records, true);
+    if v.problem.is_some() {
+        return v;
+    }
+    let n = records.len() as u64;
+    let mut fail = |message: String| {
+        v.problem = Some(Problem { record: n, message });
+    };
+    if bundle.format != FORMAT {
+        fail(format!("unknown bundle format `{}`", bundle.format));
+    } else if v.public_key.as_deref() != Some(bundle.public_key.as_str()) {
+        fail("the bundle's public key is not the key that sealed the records".into());
+    } else if fingerprint(&unhex(&bundle.public_key).unwrap_or_default()) != bundle.fingerprint {
+        fail("the bundle's fingerprint is not its key's".into());
+    } else if !verify_signature(&bundle.public_key, &bundle_digest(&bundle), &bundle.bundle_signature) {
+        fail("the bundle's signature does not verify: the report or other fields were changed".into());
+    } else if canonical(&bundle) + "\n" != text {
+        let expected = canonical(&bundle) + "\n";
+        let at = expected
+            .bytes()
+            .zip(text.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.len().min(text.len()));
+        fail(format!(
+            "the file is not in canonical form (byte {at} differs): bytes were added or changed"
+        ));
+    }
+    v
+}

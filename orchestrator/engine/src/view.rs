@@ -32,6 +32,10 @@ pub struct StepView {
     pub attempts: u32,
     pub error: Option<String>,
     pub summary: Option<String>,
+    /// The plan's expected duration.
+    pub estimate_s: Option<f64>,
+    /// An RPO the step measured (`data.measurements.rpo_s`).
+    pub rpo_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +53,10 @@ pub struct CheckView {
 #[derive(Debug, Clone, Serialize)]
 pub struct CiView {
     pub id: String,
-    /// Run-clock seconds when its last step or check completed.
+    pub tier: Option<String>,
+    pub rto_target_s: Option<f64>,
+    pub rpo_target_s: Option<f64>,
+    /// Run-clock seconds when its last step completed (its steps, when it has some).
     pub recovered_s: Option<f64>,
 }
 
@@ -158,6 +165,8 @@ impl RunView {
                 attempts: s.map_or(0, |s| s.attempts),
                 error: s.and_then(|s| s.error.clone().or_else(|| s.attempt_errors.last().cloned())),
                 summary: s.and_then(|s| s.output.as_ref().map(|o| o.summary.clone())),
+                estimate_s: ps.and_then(|p| p.estimate_s),
+                rpo_s: s.and_then(|s| s.output.as_ref()?.data.get("measurements")?.get("rpo_s")?.as_f64()),
             });
         }
         let checks = plan
@@ -257,27 +266,43 @@ pub fn critical_path(state: &RunState) -> Vec<String> {
     path
 }
 
-/// When each CI's own steps and checks completed.
+/// The CIs the run touches, with their targets and when their own steps completed.
 pub fn ci_times(state: &RunState) -> Vec<CiView> {
     let Some(plan) = &state.plan else {
         return Vec::new();
     };
-    let mut out: Vec<CiView> = Vec::new();
+    let mut out: Vec<CiView> = state
+        .cis
+        .iter()
+        .map(|c| CiView {
+            id: c.id.clone(),
+            tier: c.tier.clone(),
+            rto_target_s: c.rto_s,
+            rpo_target_s: c.rpo_s,
+            recovered_s: None,
+        })
+        .collect();
+    let mut has_steps = std::collections::HashSet::new();
     for s in &plan.steps {
         let Some(ci) = &s.ci else { continue };
         let t = state
             .step(Phase::Steps, &s.id)
             .filter(|x| x.status == Some(StepStatus::Ok))
             .and_then(|x| x.finished_t);
+        let first = has_steps.insert(ci.clone());
         match out.iter_mut().find(|c| &c.id == ci) {
             Some(c) => {
-                c.recovered_s = match (c.recovered_s, t) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
+                c.recovered_s = match (first, c.recovered_s, t) {
+                    (true, _, t) => t,
+                    (false, Some(a), Some(b)) => Some(a.max(b)),
                     _ => None,
                 }
             }
             None => out.push(CiView {
                 id: ci.clone(),
+                tier: None,
+                rto_target_s: None,
+                rpo_target_s: None,
                 recovered_s: t,
             }),
         }

@@ -2,6 +2,7 @@
 
 pub mod cmdb;
 pub mod plan;
+pub mod records;
 pub mod run;
 pub mod runs;
 pub mod schema;

@@ -1,0 +1,218 @@
+//! `drover report`, `change show`, `trend` and `evidence export|verify`: what every run
+//! leaves for continuity managers and auditors.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use drover_engine::evidence::{Signer, Verification, export_bundle, verify_bundle, verify_records};
+use drover_engine::view::RunView;
+use drover_engine::{RunState, Store};
+use drover_report::{Report, Trend};
+
+use crate::cli::{ChangeCommand, Cli, EvidenceCommand, ReportFormat, TextJson, TrendFormat};
+use crate::workspace::load;
+use crate::{CmdResult, Exit, Failure};
+
+use super::runs::{resolve, state_of};
+
+fn open(cli: &Cli) -> Result<(Store, drover_model::Config), Failure> {
+    let loaded = load(&cli.config, &[])?;
+    let config = loaded.config().clone();
+    Ok((super::run::open_store(&config)?, config))
+}
+
+/// Writes `text` to `output`, or to stdout.
+fn emit(text: &str, output: Option<&Path>) -> Result<(), Failure> {
+    match output {
+        Some(p) => {
+            std::fs::write(p, text)
+                .map_err(|e| Failure::Other(anyhow::anyhow!("cannot write {}: {e}", p.display())))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn check(store: &Store, state: &RunState) -> Result<Verification, Failure> {
+    let records = store.records(&state.id).map_err(|e| Failure::Other(e.into()))?;
+    Ok(verify_records(&state.id, &records, state.finished.is_some()))
+}
+
+/// The report of a run.
+pub fn build_report(store: &Store, id: &str) -> Result<Report, Failure> {
+    let state = state_of(store, id)?;
+    let view = RunView::new(&state, drover_engine::is_live(store, id));
+    Ok(Report::new(view, &check(store, &state)?))
+}
+
+pub fn report(cli: &Cli, run: &str, format: ReportFormat, output: Option<&Path>) -> CmdResult {
+    let (store, _) = open(cli)?;
+    let id = resolve(&store, run)?;
+    let r = build_report(&store, &id)?;
+    let text = match format {
+        ReportFormat::Md => r.markdown(),
+        ReportFormat::Html => r.html(),
+        ReportFormat::Junit => r.junit(),
+        ReportFormat::Json => serde_json::to_string_pretty(&r.json()).map_err(anyhow::Error::from)? + "\n",
+    };
+    emit(&text, output)?;
+    Ok(Exit::Passed)
+}
+
+pub fn change(cli: &Cli, command: &ChangeCommand) -> CmdResult {
+    let ChangeCommand::Show { run, format } = command;
+    let (store, _) = open(cli)?;
+    let id = resolve(&store, run)?;
+    let state = state_of(&store, &id)?;
+    let Some(c) = drover_engine::change::ChangeRecord::from_state(&state) else {
+        return Err(Failure::Usage(anyhow::anyhow!("run {id} has no change record")));
+    };
+    match format {
+        TextJson::Json => super::print_json(&c.servicenow())?,
+        TextJson::Text => {
+            let mut out = String::new();
+            let _ = writeln!(out, "{} ({} change, {})", c.number, c.kind.as_str(), c.state);
+            let _ = writeln!(out, "  {}", c.short_description);
+            let _ = writeln!(out, "  risk {}, impact {}", c.risk, c.impact);
+            let _ = writeln!(
+                out,
+                "  business service {}; CIs: {}",
+                c.business_service,
+                c.cis.join(", ")
+            );
+            let _ = writeln!(out, "  requested by {}", c.requested_by);
+            for a in &c.approvals {
+                let _ = writeln!(out, "  approved: {} by {} via {}", a.step, a.by, a.via);
+            }
+            let _ = writeln!(
+                out,
+                "  planned {} .. {}",
+                c.planned_start,
+                c.planned_end.as_deref().unwrap_or("?")
+            );
+            let _ = writeln!(
+                out,
+                "  actual  {} .. {}",
+                c.actual_start,
+                c.actual_end.as_deref().unwrap_or("(running)")
+            );
+            let _ = writeln!(out, "\nJustification:\n  {}", c.justification);
+            let _ = writeln!(out, "\nImplementation plan:\n{}", indent(&c.implementation_plan));
+            let _ = writeln!(out, "Backout plan:\n{}", indent(&c.backout_plan));
+            let _ = writeln!(out, "Test plan:\n{}", indent(&c.test_plan));
+            if let Some(code) = c.close_code {
+                let _ = writeln!(out, "Closed: {code}\n  {}", c.close_notes.as_deref().unwrap_or(""));
+            }
+            print!("{out}");
+        }
+    }
+    Ok(Exit::Passed)
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+pub fn trend(cli: &Cli, service: &str, format: TrendFormat, output: Option<&Path>) -> CmdResult {
+    let (store, _) = open(cli)?;
+    let rows = store.runs(10_000).map_err(|e| Failure::Other(e.into()))?;
+    let mut views = Vec::new();
+    for r in rows.iter().filter(|r| r.service == service && r.state == "finished") {
+        let st = state_of(&store, &r.id)?;
+        let mut v = RunView::new(&st, false);
+        v.steps.clear();
+        views.push(v);
+    }
+    let t = Trend::new(service, &views);
+    let text = match format {
+        TrendFormat::Md => t.markdown(),
+        TrendFormat::Html => t.html(),
+        TrendFormat::Json => serde_json::to_string_pretty(&t.json()).map_err(anyhow::Error::from)? + "\n",
+    };
+    emit(&text, output)?;
+    Ok(Exit::Passed)
+}
+
+fn print_verification(v: &Verification, format: TextJson, what: &str) -> Result<(), Failure> {
+    match format {
+        TextJson::Json => super::print_json(&serde_json::json!({
+            "intact": v.intact(),
+            "run": v.run_id,
+            "records": v.records,
+            "digest": v.head,
+            "signature": v.signature,
+            "key_fingerprint": v.fingerprint,
+            "first_bad_record": v.problem.as_ref().map(|p| p.record),
+            "problem": v.problem.as_ref().map(|p| &p.message),
+        }))?,
+        TextJson::Text => match &v.problem {
+            None => println!(
+                "intact: {what}: {} records, head {}, sealed by {}",
+                v.records,
+                v.head.as_deref().unwrap_or("-"),
+                v.fingerprint
+                    .as_deref()
+                    .unwrap_or("(not sealed: the run has not finished)")
+            ),
+            Some(p) => println!("TAMPERED: {what}: first bad record {}: {}", p.record, p.message),
+        },
+    }
+    Ok(())
+}
+
+pub fn evidence(cli: &Cli, command: &EvidenceCommand) -> CmdResult {
+    match command {
+        EvidenceCommand::Export { run, output } => {
+            let (store, config) = open(cli)?;
+            let id = resolve(&store, run)?;
+            let state = state_of(&store, &id)?;
+            if state.finished.is_none() {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "run {id} has not finished: only sealed runs can be exported"
+                )));
+            }
+            let signer =
+                Signer::load_or_create(&config.evidence.signing_key).map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
+            let report = build_report(&store, &id)?.json();
+            let records = store.records(&id).map_err(|e| Failure::Other(e.into()))?;
+            let bundle =
+                export_bundle(&id, &records, &report, &signer).map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
+            std::fs::write(output, bundle)
+                .map_err(|e| Failure::Other(anyhow::anyhow!("cannot write {}: {e}", output.display())))?;
+            eprintln!(
+                "wrote {} ({} records, key {})",
+                output.display(),
+                records.len(),
+                signer.fingerprint()
+            );
+            Ok(Exit::Passed)
+        }
+        EvidenceCommand::Verify { target, key, format } => {
+            let path = Path::new(target);
+            let (mut v, what) = if path.is_file() {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
+                (verify_bundle(&bytes), path.display().to_string())
+            } else {
+                let (store, _) = open(cli)?;
+                let id = resolve(&store, target)?;
+                let state = state_of(&store, &id)?;
+                (check(&store, &state)?, format!("run {id}"))
+            };
+            if let (Some(want), None) = (key, &v.problem)
+                && v.fingerprint.as_deref() != Some(want.as_str())
+            {
+                v.problem = Some(drover_engine::evidence::Problem {
+                    record: v.records as u64,
+                    message: format!(
+                        "sealed by key {}, not by the required {want}",
+                        v.fingerprint.as_deref().unwrap_or("(none)")
+                    ),
+                });
+            }
+            print_verification(&v, *format, &what)?;
+            Ok(if v.intact() { Exit::Passed } else { Exit::Failed })
+        }
+    }
+}

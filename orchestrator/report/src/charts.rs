@@ -1,0 +1,281 @@
+//! Inline SVG charts, built with the `svg` crate: the Gantt chart of a run's timeline and
+//! the RTO/RPO trend of a service.
+
+use drover_engine::journal::Phase;
+use drover_engine::view::RunView;
+use svg::Document;
+use svg::node::element::{Group, Line, Polyline, Rectangle, Text, Title};
+
+use crate::{TrendPoint, secs};
+
+const LABEL_W: f64 = 220.0;
+const PLOT_W: f64 = 700.0;
+const ROW_H: f64 = 22.0;
+const TOP: f64 = 34.0;
+
+fn status_color(status: &str) -> &'static str {
+    match status {
+        "ok" => "#2e7d32",
+        "failed" => "#c62828",
+        "outcome_unknown" => "#ef6c00",
+        "running" | "interrupted" => "#6a1b9a",
+        _ => "#9e9e9e",
+    }
+}
+
+/// Round tick spacing for an axis of `max` seconds.
+fn tick_step(max: f64) -> f64 {
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let norm = raw / mag;
+    let step = if norm <= 1.0 {
+        1.0
+    } else if norm <= 2.0 {
+        2.0
+    } else if norm <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    (step * mag).max(1e-3)
+}
+
+fn text(x: f64, y: f64, s: &str, anchor: &str, size: u32) -> Text {
+    Text::new(s)
+        .set("x", x)
+        .set("y", y)
+        .set("text-anchor", anchor)
+        .set("font-size", size)
+        .set("font-family", "Helvetica, Arial, sans-serif")
+}
+
+/// A Gantt chart of every step, compensation and rollback step: one row each, the bar
+/// from its start to its end on the run clock, coloured by status; the critical path
+/// outlined; the RTO achieved and its target as vertical lines.
+pub fn gantt_svg(run: &RunView) -> String {
+    let rows: Vec<_> = run.steps.iter().filter(|s| s.start_s.is_some()).collect();
+    let end = rows
+        .iter()
+        .filter_map(|s| s.end_s.or(s.start_s))
+        .chain(run.rto.achieved_s)
+        .fold(0.0f64, f64::max);
+    let max = if end > 0.0 { end * 1.05 } else { 1.0 };
+    let x = |t: f64| LABEL_W + (t / max).clamp(0.0, 1.0) * PLOT_W;
+    let height = TOP + ROW_H * rows.len().max(1) as f64 + 30.0;
+    let width = LABEL_W + PLOT_W + 20.0;
+    let mut doc = Document::new()
+        .set("viewBox", (0, 0, width, height))
+        .set("width", width)
+        .set("height", height)
+        .set("role", "img")
+        .add(Title::new(format!("Timeline of run {}", run.id)));
+    // Axis and grid.
+    let step = tick_step(max);
+    let mut axis = Group::new().set("class", "axis");
+    let mut t = 0.0;
+    while t <= max + 1e-9 {
+        axis = axis
+            .add(
+                Line::new()
+                    .set("x1", x(t))
+                    .set("x2", x(t))
+                    .set("y1", TOP - 6.0)
+                    .set("y2", height - 24.0)
+                    .set("stroke", "#e0e0e0"),
+            )
+            .add(text(x(t), TOP - 10.0, &secs(t), "middle", 10));
+        t += step;
+    }
+    doc = doc.add(axis);
+    for (i, s) in rows.iter().enumerate() {
+        let y = TOP + ROW_H * i as f64;
+        let start = s.start_s.unwrap_or(0.0);
+        let stop = s.end_s.unwrap_or(end);
+        let label = match s.phase {
+            Phase::Steps => s.id.clone(),
+            Phase::Compensation => format!("undo {}", s.id),
+            Phase::Rollback => format!("rollback {}", s.id),
+            Phase::Preflight | Phase::Verify => s.id.clone(),
+        };
+        let critical = s.phase == Phase::Steps && run.critical_path.contains(&s.id);
+        let mut bar = Rectangle::new()
+            .set("x", x(start))
+            .set("y", y + 4.0)
+            .set("width", (x(stop) - x(start)).max(2.0))
+            .set("height", ROW_H - 8.0)
+            .set("rx", 2)
+            .set("fill", status_color(&s.status));
+        if critical {
+            bar = bar.set("stroke", "#000").set("stroke-width", 2);
+        }
+        let tip = format!(
+            "{label}: {} from {} for {}{}",
+            s.status,
+            secs(start),
+            s.duration_s.map(secs).unwrap_or_else(|| "?".into()),
+            if s.attempts > 1 {
+                format!(", {} attempts", s.attempts)
+            } else {
+                String::new()
+            }
+        );
+        doc = doc.add(
+            Group::new()
+                .add(Title::new(tip))
+                .add(text(LABEL_W - 8.0, y + ROW_H / 2.0 + 4.0, &label, "end", 12))
+                .add(bar),
+        );
+    }
+    let bottom = height - 24.0;
+    let marker = |t: f64, color: &str, label: String, dash: &str| {
+        let line = Line::new()
+            .set("x1", x(t))
+            .set("x2", x(t))
+            .set("y1", TOP - 4.0)
+            .set("y2", bottom)
+            .set("stroke", color.to_owned())
+            .set("stroke-width", 1.5)
+            .set("stroke-dasharray", dash.to_owned());
+        Group::new()
+            .add(line)
+            .add(text(x(t), bottom + 14.0, &label, "middle", 11).set("fill", color.to_owned()))
+    };
+    if let Some(a) = run.rto.achieved_s {
+        doc = doc.add(marker(a, "#1565c0", format!("RTO {}", secs(a)), "4 2"));
+    }
+    if let Some(t) = run.rto.target_s.filter(|t| *t <= max) {
+        doc = doc.add(marker(t, "#c62828", format!("target {}", secs(t)), "2 2"));
+    }
+    doc.to_string()
+}
+
+/// A series of the trend chart: name, colour, achieved and target figures of a point.
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&TrendPoint) -> Option<f64>,
+    fn(&TrendPoint) -> Option<f64>,
+);
+
+/// RTO and RPO achieved across runs (oldest left), with their targets as dashed lines.
+pub fn trend_svg(service: &str, points: &[TrendPoint]) -> String {
+    let (w, h, left, top, bottom) = (860.0, 320.0, 70.0, 30.0, 60.0);
+    let plot_w = w - left - 20.0;
+    let plot_h = h - top - bottom;
+    let values = points.iter().flat_map(|p| {
+        [p.rto.achieved_s, p.rto.target_s, p.rpo.achieved_s, p.rpo.target_s]
+            .into_iter()
+            .flatten()
+    });
+    let max = values.fold(0.0f64, f64::max).max(1e-3) * 1.1;
+    let n = points.len().max(1);
+    let px = |i: usize| {
+        left + if n == 1 {
+            plot_w / 2.0
+        } else {
+            plot_w * i as f64 / (n - 1) as f64
+        }
+    };
+    let py = |v: f64| top + plot_h * (1.0 - v / max);
+    let mut doc = Document::new()
+        .set("viewBox", (0, 0, w, h))
+        .set("width", w)
+        .set("height", h)
+        .set("role", "img")
+        .add(Title::new(format!("RTO and RPO of {service} across runs")));
+    let step = tick_step(max);
+    let mut v = 0.0;
+    while v <= max + 1e-9 {
+        doc = doc
+            .add(
+                Line::new()
+                    .set("x1", left)
+                    .set("x2", w - 20.0)
+                    .set("y1", py(v))
+                    .set("y2", py(v))
+                    .set("stroke", "#e0e0e0"),
+            )
+            .add(text(left - 6.0, py(v) + 4.0, &secs(v), "end", 10));
+        v += step;
+    }
+    let series: [Series; 2] = [
+        ("RTO", "#1565c0", |p| p.rto.achieved_s, |p| p.rto.target_s),
+        ("RPO", "#6a1b9a", |p| p.rpo.achieved_s, |p| p.rpo.target_s),
+    ];
+    for (k, (name, color, achieved, target)) in series.iter().enumerate() {
+        let line: Vec<(f64, f64)> = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| achieved(p).map(|v| (px(i), py(v))))
+            .collect();
+        if !line.is_empty() {
+            let pts: Vec<String> = line.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            doc = doc.add(
+                Polyline::new()
+                    .set("points", pts.join(" "))
+                    .set("fill", "none")
+                    .set("stroke", *color)
+                    .set("stroke-width", 2),
+            );
+            for (i, p) in points.iter().enumerate() {
+                if let Some(v) = achieved(p) {
+                    let missed = target(p).is_some_and(|t| v > t);
+                    doc = doc.add(
+                        Group::new()
+                            .add(Title::new(format!(
+                                "{name} {} in run {} ({})",
+                                secs(v),
+                                p.run,
+                                p.started_at
+                            )))
+                            .add(
+                                svg::node::element::Circle::new()
+                                    .set("cx", px(i))
+                                    .set("cy", py(v))
+                                    .set("r", 4)
+                                    .set("fill", if missed { "#c62828" } else { *color }),
+                            ),
+                    );
+                }
+            }
+        }
+        let targets: Vec<String> = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| target(p).map(|t| format!("{:.1},{:.1}", px(i), py(t))))
+            .collect();
+        if !targets.is_empty() {
+            doc = doc.add(
+                Polyline::new()
+                    .set("points", targets.join(" "))
+                    .set("fill", "none")
+                    .set("stroke", *color)
+                    .set("stroke-dasharray", "6 4")
+                    .set("stroke-width", 1),
+            );
+        }
+        let lx = left + 10.0 + 170.0 * k as f64;
+        doc = doc
+            .add(
+                Line::new()
+                    .set("x1", lx)
+                    .set("x2", lx + 24.0)
+                    .set("y1", h - 18.0)
+                    .set("y2", h - 18.0)
+                    .set("stroke", *color)
+                    .set("stroke-width", 2),
+            )
+            .add(text(
+                lx + 30.0,
+                h - 14.0,
+                &format!("{name} (dashed: target)"),
+                "start",
+                11,
+            ));
+    }
+    for (i, p) in points.iter().enumerate() {
+        let date = p.started_at.get(..10).unwrap_or(&p.started_at);
+        doc = doc.add(text(px(i), h - bottom + 16.0, date, "middle", 10));
+    }
+    doc.to_string()
+}
