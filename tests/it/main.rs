@@ -23,4 +23,5 @@ mod engine;
 mod examples;
 mod fuzz;
 mod planning;
+mod postgres;
 mod records;

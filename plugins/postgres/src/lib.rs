@@ -1,14 +1,32 @@
-//! PostgreSQL actions: replication checks with a lag gate, heartbeat, observed fencing,
-//! promotion, writability and restore tests.
+//! PostgreSQL actions: `postgres.replication` (a lag gate in time and bytes),
+//! `postgres.heartbeat` (timestamped rows written to the primary for the rest of the
+//! run, from which RPO is measured), `postgres.fence` (the old primary refuses writes,
+//! observed), `postgres.promote` (pg_promote, wait until writable, measure RPO) and
+//! `postgres.writable`; `postgres.restore-test` is declared and parameter-checked only,
+//! as it needs the S3 client.
 //!
-//! This build declares the actions and checks their parameters at load time; running
-//! them needs the PostgreSQL client, which comes with the PostgreSQL issue.
+//! Connection URLs are secrets: the `conn` module keeps them out of every message.
+//! docs/POSTGRES.md describes the semantics (fencing, RPO, `assume_lost`).
+
+mod conn;
+mod fence;
+mod heartbeat;
+mod promote;
+mod replication;
+mod writable;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use drover_model::{Dur, Located};
-use drover_plugin_api::{ActionClass, ParamCx, Registry, TypedSpec, issues};
+use drover_model::{Dur, Issue, Located, Node};
+use drover_plugin_api::{ActionClass, ParamCx, Registry, TypedSpec, issues, parse_params};
 use serde::Deserialize;
+
+pub use fence::Fence;
+pub use heartbeat::Heartbeat;
+pub use promote::Promote;
+pub use replication::Replication;
+pub use writable::Writable;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,11 +70,11 @@ pub struct RestoreTestParams {
     pub expect: Option<String>,
 }
 
-fn db(p: &DatabaseParams, cx: &ParamCx<'_>) -> Vec<drover_model::Issue> {
+pub(crate) fn check_database(p: &DatabaseParams, cx: &ParamCx<'_>) -> Vec<Issue> {
     issues([cx.database(&p.database).map(drop)])
 }
 
-fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
@@ -64,67 +82,122 @@ fn is_identifier(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+pub(crate) fn check_replication(p: &ReplicationParams, cx: &ParamCx<'_>) -> Vec<Issue> {
+    let mut out = issues([cx.database(&p.primary).map(drop), cx.database(&p.standby).map(drop)]);
+    if p.primary.value == p.standby.value {
+        out.push(Issue::new(p.standby.loc, "standby must differ from primary"));
+    }
+    out
+}
+
+pub(crate) fn check_heartbeat(p: &HeartbeatParams, cx: &ParamCx<'_>) -> Vec<Issue> {
+    let mut out = issues([cx.database(&p.database).map(drop)]);
+    if let Some(i) = &p.interval
+        && i.0.is_zero()
+    {
+        out.push(Issue::new(i.loc, "interval must be longer than zero"));
+    }
+    if let Some(t) = &p.table
+        && !is_identifier(t)
+    {
+        out.push(Issue::new(
+            t.loc,
+            "table must be a plain lower-case SQL identifier (letters, digits, `_`)",
+        ));
+    }
+    out
+}
+
+/// Parses `with:` as `P` and runs `check` on it: the load-time validation of an action.
+pub(crate) fn validate<P: serde::de::DeserializeOwned>(
+    with: &Located<Node>,
+    cx: &ParamCx<'_>,
+    check: fn(&P, &ParamCx<'_>) -> Vec<Issue>,
+) -> Vec<Issue> {
+    match parse_params::<P>(with) {
+        Ok(p) => check(&p, cx),
+        Err(e) => e,
+    }
+}
+
+/// The table heartbeat rows go to unless `table:` says otherwise.
+pub const DEFAULT_HEARTBEAT_TABLE: &str = "drover_heartbeat";
+
+/// The heartbeat interval unless `interval:` says otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Wall-clock now as seconds since the Unix epoch.
+pub(crate) fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// RFC 3339 (UTC, milliseconds) of a Unix time in seconds.
+pub(crate) fn rfc3339(unix: f64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs_f64(unix.max(0.0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// Registers the PostgreSQL actions.
 pub fn register(reg: &mut Registry) {
-    reg.add_spec(Arc::new(TypedSpec::<ReplicationParams> {
-        kind: "postgres.replication",
-        class: ActionClass::Check,
-        compensable: false,
-        check: |p, cx| {
-            let mut out = issues([cx.database(&p.primary).map(drop), cx.database(&p.standby).map(drop)]);
-            if p.primary.value == p.standby.value {
-                out.push(drover_model::Issue::new(
-                    p.standby.loc,
-                    "standby must differ from primary",
-                ));
-            }
-            out
-        },
-    }));
-    reg.add_spec(Arc::new(TypedSpec::<HeartbeatParams> {
-        kind: "postgres.heartbeat",
-        class: ActionClass::Change,
-        compensable: true,
-        check: |p, cx| {
-            let mut out = issues([cx.database(&p.database).map(drop)]);
-            if let Some(i) = &p.interval
-                && i.0.is_zero()
-            {
-                out.push(drover_model::Issue::new(i.loc, "interval must be longer than zero"));
-            }
-            if let Some(t) = &p.table
-                && !is_identifier(t)
-            {
-                out.push(drover_model::Issue::new(
-                    t.loc,
-                    "table must be a plain lower-case SQL identifier (letters, digits, `_`)",
-                ));
-            }
-            out
-        },
-    }));
-    reg.add_spec(Arc::new(TypedSpec::<DatabaseParams> {
-        kind: "postgres.fence",
-        class: ActionClass::Change,
-        compensable: true,
-        check: db,
-    }));
-    reg.add_spec(Arc::new(TypedSpec::<DatabaseParams> {
-        kind: "postgres.promote",
-        class: ActionClass::Change,
-        compensable: false,
-        check: db,
-    }));
-    reg.add_spec(Arc::new(TypedSpec::<DatabaseParams> {
-        kind: "postgres.writable",
-        class: ActionClass::Check,
-        compensable: false,
-        check: db,
-    }));
+    reg.add(Arc::new(Replication));
+    reg.add(Arc::new(Heartbeat::default()));
+    reg.add(Arc::new(Fence));
+    reg.add(Arc::new(Promote));
+    reg.add(Arc::new(Writable));
+    // Restoring a backup needs the S3 client (the S3 plugin): until then the action is
+    // known and its parameters are checked, but a run refuses it.
     reg.add_spec(Arc::new(TypedSpec::<RestoreTestParams> {
         kind: "postgres.restore-test",
         class: ActionClass::Check,
         compensable: false,
         check: |p, cx| issues([cx.object_store(&p.store).map(drop)]),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("drover_heartbeat"));
+        assert!(is_identifier("_t1"));
+        assert!(!is_identifier("1t"));
+        assert!(!is_identifier("Heartbeat"));
+        assert!(!is_identifier("t; DROP TABLE x"));
+        assert!(!is_identifier(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000.25), "2023-11-14T22:13:20.250Z");
+        assert!(now_unix() > 1_700_000_000.0);
+    }
+
+    #[test]
+    fn every_action_is_registered_and_runnable_except_restore_test() {
+        let mut reg = Registry::new();
+        register(&mut reg);
+        for kind in [
+            "postgres.replication",
+            "postgres.heartbeat",
+            "postgres.fence",
+            "postgres.promote",
+            "postgres.writable",
+        ] {
+            assert!(reg.is_runnable(kind), "{kind}");
+        }
+        assert!(reg.spec("postgres.restore-test").is_some());
+        assert!(!reg.is_runnable("postgres.restore-test"));
+        let spec = |k: &str| reg.spec(k).unwrap();
+        assert!(spec("postgres.heartbeat").compensable());
+        assert!(spec("postgres.fence").compensable());
+        assert!(!spec("postgres.promote").compensable());
+        assert_eq!(spec("postgres.replication").class(), ActionClass::Check);
+        assert_eq!(spec("postgres.writable").class(), ActionClass::Check);
+        assert_eq!(spec("postgres.promote").class(), ActionClass::Change);
+    }
 }

@@ -1,0 +1,14 @@
+//! drover's local lab: real servers on loopback, started and stopped by the code that
+//! needs them (integration tests, benchmarks, `drover demo`).
+//!
+//! - [`PgPair`]: a PostgreSQL primary and a streaming standby in a temporary folder,
+//!   with password (SCRAM) authentication, helpers to run SQL, pause replay, cut the
+//!   standby off, and kill or restart the primary.
+//!
+//! Everything here is synchronous and uses the installed server binaries (found on
+//! `PATH` or under `/usr/lib/postgresql/*/bin`): the lab does not depend on the plugins
+//! it is used to test.
+
+pub mod postgres;
+
+pub use postgres::{LabError, Node, PgBin, PgPair};
