@@ -217,7 +217,9 @@ impl Observer for Ui {
     fn record(&self, rec: &Record) {
         let Some(text) = describe(rec) else { return };
         let Some(multi) = &self.multi else {
-            eprintln!("[{:>9.3}s] {text}", rec.t);
+            // One write per line: stderr is unbuffered.
+            let line = format!("[{:>9.3}s] {text}\n", rec.t);
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             return;
         };
         let mut st = self.state.lock().expect("ui lock");

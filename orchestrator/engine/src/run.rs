@@ -150,7 +150,7 @@ fn hostname() -> String {
 struct Ctx {
     engine: Engine,
     journal: Journal,
-    runbook: Runbook,
+    runbook: Arc<Runbook>,
     mode: RunMode,
     options: RunOptions,
     /// Cancelled when the run halts: steps in flight make no further attempts.
@@ -293,7 +293,7 @@ impl Engine {
         let ctx = Arc::new(Ctx {
             engine: self.clone(),
             journal,
-            runbook: req.runbook.clone(),
+            runbook: Arc::new(req.runbook.clone()),
             mode: req.mode,
             options: req.options,
             halt: CancellationToken::new(),
@@ -376,7 +376,7 @@ impl Engine {
         let ctx = Arc::new(Ctx {
             engine: self.clone(),
             journal,
-            runbook,
+            runbook: Arc::new(runbook),
             mode,
             options: RunOptions {
                 yes: state.options.yes || yes,
@@ -415,7 +415,7 @@ fn reload(ctx: &Ctx) -> Result<RunState, EngineError> {
 }
 
 /// The steps of this run, as the actions see them.
-struct Facts(Journal, Runbook);
+struct Facts(Journal, Arc<Runbook>);
 
 impl RunFacts for Facts {
     fn completed(&self, kind: &str) -> Vec<(String, StepOutput)> {
