@@ -279,7 +279,7 @@ impl Approver for Ui {
             Some(m) => m.suspend(ask),
             None => ask(),
         };
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let user = drover_plugin_api::current_user();
         if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
             Ok(Approval {
                 by: user,

@@ -399,3 +399,28 @@ impl<P: DeserializeOwned + Send + Sync> ActionSpec for TypedSpec<P> {
 pub fn issues(checks: impl IntoIterator<Item = Result<(), Issue>>) -> Vec<Issue> {
     checks.into_iter().filter_map(Result::err).collect()
 }
+
+/// The operating-system user running drover: `$USER`, `$LOGNAME`, else the name of the
+/// process's uid in `/etc/passwd`, else `uid N`.
+pub fn current_user() -> String {
+    if let Some(u) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    {
+        return u;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+    });
+    let Some(uid) = uid else { return "unknown".into() };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines()
+                .find(|l| l.split(':').nth(2) == Some(uid.as_str()))
+                .and_then(|l| l.split(':').next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}

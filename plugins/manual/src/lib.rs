@@ -31,12 +31,7 @@ pub struct Approve;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Wait;
 
-/// The operating-system user running drover.
-fn current_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
-}
+use drover_plugin_api::current_user;
 
 impl ActionSpec for Approve {
     fn kind(&self) -> &str {

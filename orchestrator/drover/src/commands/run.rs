@@ -32,9 +32,7 @@ pub fn open_store(config: &Config) -> Result<Store, Failure> {
 }
 
 fn user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    drover_plugin_api::current_user()
 }
 
 /// Ctrl-C once: stop starting steps. Twice (or SIGTERM): cancel the ones in flight.
