@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::engine::{CONFIG, drover_json, fixture, spawn};
+use crate::engine::{CONFIG, drover_json, fixture};
 use crate::support::Fixture;
 
 const SMALL: &str = r#"name: rb
@@ -206,10 +206,19 @@ fn change_numbers_stay_unique_and_sequential_under_concurrent_runs() {
     }
     fx.write("cmdb.yaml", &cmdb);
     let children: Vec<_> = (0..N)
-        .map(|i| spawn(&fx, &["drill", &format!("rb{i}"), "--yes"]))
+        .map(|i| {
+            let mut cmd = fx.drover();
+            cmd.args(["drill", &format!("rb{i}"), "--yes"]);
+            std::thread::spawn(move || cmd.output().expect("run drover"))
+        })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
+    for c in children {
+        let out = c.join().unwrap();
+        assert!(
+            out.status.success(),
+            "a concurrent run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let (_, list) = stdout(&fx, &["runs", "list", "--format", "json"]);
     let list: Value = serde_json::from_str(&list).unwrap();

@@ -108,6 +108,9 @@ impl Signer {
     }
 }
 
+/// Creates a new key at `path`, unless another process does so first. The key is written
+/// to a temporary file and linked into place, so nobody ever reads a half-written key and
+/// two processes starting at once end up with the same key.
 fn create_key_file(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut seed = [0u8; 32];
@@ -116,15 +119,23 @@ fn create_key_file(path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new()
+    let tmp = path.with_extension(format!("new.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot create the signing key {}: {e}", path.display()))?;
-    f.write_all(format!("{}\n", hex(&seed)).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write the signing key {}: {e}", path.display()))
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(format!("{}\n", hex(&seed)).as_bytes())?;
+            f.sync_all()
+        });
+    let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(|e| format!("cannot create the signing key {}: {e}", path.display()))
 }
 
 /// What checking a run's records found.

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS runs (
     state       TEXT NOT NULL,
     outcome     TEXT,
     started_at  TEXT NOT NULL,
-    finished_at TEXT
+    finished_at TEXT,
+    change_number TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_service ON runs (service, started_at);
 CREATE TABLE IF NOT EXISTS journal (
@@ -121,19 +122,26 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        // Added after the first schema: the run's change number.
-        let has_change: bool = conn
-            .query_row(
+        // One process at a time creates or migrates the schema.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        let migrated = conn.execute_batch(SCHEMA).and_then(|()| {
+            // Stores made before the change number existed get the column.
+            let has_change: bool = conn.query_row(
                 "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = 'change_number'",
                 [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(err)?;
-        if !has_change {
-            conn.execute_batch("ALTER TABLE runs ADD COLUMN change_number TEXT")
-                .map_err(err)?;
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            if !has_change {
+                conn.execute_batch("ALTER TABLE runs ADD COLUMN change_number TEXT")?;
+            }
+            Ok(())
+        });
+        match migrated {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(err)?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(err(e));
+            }
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
