@@ -120,7 +120,23 @@ impl Store {
         };
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        // Switching a new database to WAL takes an exclusive lock and reports "busy"
+        // without waiting when another process opens it at the same moment: retry.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         // One process at a time creates or migrates the schema.
         conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
