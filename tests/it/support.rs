@@ -156,19 +156,10 @@ pub fn load_workspace(config: &Path) -> Workspace {
     ws
 }
 
-/// Every built-in action, plus `ext.NAME` for the config's external plugins.
+/// Every built-in action, plus `ext.NAME` for the config's external plugins: the
+/// binary's own registry.
 pub fn registry(config: Option<&drover_model::Config>) -> Registry {
-    let mut reg = Registry::new();
-    drover_plugin_exec::register(&mut reg);
-    drover_plugin_http::register(&mut reg);
-    drover_plugin_manual::register(&mut reg);
-    drover_plugin_postgres::register(&mut reg);
-    drover_plugin_s3::register(&mut reg);
-    drover_plugin_kubernetes::register(&mut reg);
-    if let Some(c) = config {
-        drover_plugin_exec::register_external(&mut reg, &c.plugins);
-    }
-    reg
+    drover::registry::build(config)
 }
 
 fn regex_escape(s: &str) -> String {

@@ -3,7 +3,6 @@
 mod cli;
 mod commands;
 mod progress;
-mod registry;
 mod workspace;
 
 use std::process::ExitCode;

@@ -26,7 +26,7 @@ impl Loaded {
 /// Loads every file and runs every check.
 pub fn load_all(config: &Path, extra_runbooks: &[PathBuf]) -> (Workspace, Registry) {
     let mut ws = Workspace::load(config, extra_runbooks);
-    let registry = crate::registry::build(ws.config.as_ref());
+    let registry = drover::registry::build(ws.config.as_ref());
     ws.validate(&registry);
     (ws, registry)
 }

@@ -166,7 +166,7 @@ pub enum Event {
     /// A later process took the run over (`drover resume`).
     Resumed {
         pid: u32,
-        /// Run-clock seconds at the resume (wall clock since the start).
+        /// The machine that took the run over.
         host: String,
     },
     CheckPassed {

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::evidence::Signer;
 use crate::journal::{
     ChangeHeader, ChangeType, CiInfo, Event, Journal, Observer, Outcome, Phase, RollbackReason, RunClock, RunOptions,
-    StepStatus, load_records, rfc3339,
+    StepStatus, rfc3339,
 };
 use crate::plan::plan;
 use crate::state::RunState;
@@ -332,7 +332,16 @@ impl Engine {
 
     /// Continues an interrupted run from its journal; `yes` approves the gates ahead.
     pub async fn resume(&self, run_id: &str, cmdb: &Cmdb, yes: bool) -> Result<RunState, EngineError> {
-        let records = load_records(&self.store, run_id)?;
+        let stored = self.store.records(run_id)?;
+        let head = stored.last().map(|r| crate::evidence::sha256_hex(r.json.as_bytes()));
+        let records = stored
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<crate::journal::Record>(&r.json).map_err(|e| {
+                    EngineError::Invalid(format!("run {run_id}: journal record {} is unreadable: {e}", r.seq))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let state = RunState::from_records(run_id, &records);
         if state.mode.is_none() {
             return Err(EngineError::Invalid(format!("run {run_id} has no journal")));
@@ -356,11 +365,6 @@ impl Engine {
         let mode = state.mode.unwrap_or(RunMode::Drill);
         self.check_runnable(&runbook, mode)?;
         let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
-        let head = self
-            .store
-            .records(run_id)?
-            .last()
-            .map(|r| crate::evidence::sha256_hex(r.json.as_bytes()));
         let journal = Journal::new(
             self.store.clone(),
             state.clone(),
@@ -464,7 +468,7 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
         .collect();
     if halted.is_none() && state.steps.iter().all(|s| s.phase != Phase::Steps) && !pending.is_empty() {
         match run_checks(&ctx, Phase::Preflight, &pending).await? {
-            ChecksEnd::Passed(_) => {}
+            ChecksEnd::Passed => {}
             ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT).await,
             ChecksEnd::Failed(why) => {
                 let reason = format!("preflight failed, nothing was changed: {why}");
@@ -515,7 +519,7 @@ async fn drive(ctx: Arc<Ctx>, state: RunState, ci_graph: CiGraph) -> Result<RunS
                     ctx.journal.append(Event::Halted { reason: reason.clone() })?;
                     halted = Some(reason);
                 }
-                ChecksEnd::Passed(_) => {
+                ChecksEnd::Passed => {
                     let state = reload(&ctx)?;
                     let verified = rb
                         .verify
@@ -636,7 +640,7 @@ async fn finish(ctx: &Ctx, outcome: Outcome, rto_s: Option<f64>, reason: String)
 }
 
 enum ChecksEnd {
-    Passed(()),
+    Passed,
     Failed(String),
     Cancelled,
 }
@@ -664,7 +668,7 @@ async fn run_checks(ctx: &Arc<Ctx>, phase: Phase, checks: &[&Check]) -> Result<C
     } else if cancelled {
         ChecksEnd::Cancelled
     } else {
-        ChecksEnd::Passed(())
+        ChecksEnd::Passed
     })
 }
 
@@ -692,6 +696,14 @@ fn step_context(
         assume_lost: ctx.runbook.assume_lost,
         force_lag: ctx.options.force_lag,
     }
+}
+
+/// The wait before retry number `tries`: `engine.retry_backoff`, doubling, at most 30 s.
+fn backoff(ctx: &Ctx, tries: u32) -> Duration {
+    ctx.engine
+        .retry_backoff
+        .saturating_mul(1 << tries.saturating_sub(1).min(16))
+        .min(Duration::from_secs(30))
 }
 
 /// One attempt of `action.execute` under the engine's timeout.
@@ -808,10 +820,7 @@ async fn run_step(ctx: &Ctx, phase: Phase, step: &Step, prior_attempts: u32) -> 
         let again = match &e {
             ActionError::Cancelled | ActionError::Permanent(_) => None,
             _ if polling => Some(interval),
-            _ if tries <= retries => {
-                let backoff = ctx.engine.retry_backoff.saturating_mul(1 << (tries - 1).min(16));
-                Some(backoff.min(Duration::from_secs(30)))
-            }
+            _ if tries <= retries => Some(backoff(ctx, tries)),
             _ => None,
         };
         ctx.journal.append(Event::StepAttemptFailed {
@@ -1017,11 +1026,7 @@ async fn compensate(ctx: &Arc<Ctx>) -> Result<UndoEnd, EngineError> {
                 Err(e) => {
                     let retry = !matches!(e, ActionError::Permanent(_)) && tries <= retries;
                     if retry {
-                        let d = ctx
-                            .engine
-                            .retry_backoff
-                            .saturating_mul(1 << (tries - 1).min(16))
-                            .min(Duration::from_secs(30));
+                        let d = backoff(ctx, tries);
                         ctx.journal.append(Event::StepAttemptFailed {
                             phase: Phase::Compensation,
                             step: s.id.clone(),

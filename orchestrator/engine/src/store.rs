@@ -323,17 +323,6 @@ impl Store {
 
     const COLUMNS: &'static str = "id, runbook, service, mode, state, outcome, started_at, finished_at";
 
-    pub fn run(&self, id: &str) -> StoreResult<Option<RunRow>> {
-        let conn = self.conn();
-        conn.query_row(
-            &format!("SELECT {} FROM runs WHERE id = ?1", Self::COLUMNS),
-            [id],
-            Self::row,
-        )
-        .optional()
-        .map_err(|e| self.err(e))
-    }
-
     /// Runs, newest first.
     pub fn runs(&self, limit: usize) -> StoreResult<Vec<RunRow>> {
         let conn = self.conn();
