@@ -87,6 +87,9 @@ pub fn describe(rec: &Record) -> Option<String> {
                 format!("{} `{step}` started", phase_name(*phase))
             }
         }
+        Event::Checkpoint { phase, step, .. } => {
+            format!("{} `{step}` journaled its prior state (checkpoint)", phase_name(*phase))
+        }
         Event::StepAttemptFailed {
             phase,
             step,

@@ -189,6 +189,13 @@ pub enum Event {
         step: String,
         attempt: u32,
     },
+    /// The prior state a change journaled before acting, for its compensation.
+    Checkpoint {
+        phase: Phase,
+        step: String,
+        attempt: u32,
+        data: serde_json::Value,
+    },
     StepAttemptFailed {
         phase: Phase,
         step: String,
@@ -244,6 +251,7 @@ impl Event {
             Event::CheckPassed { .. } => "check_passed",
             Event::CheckFailed { .. } => "check_failed",
             Event::StepStarted { .. } => "step_started",
+            Event::Checkpoint { .. } => "checkpoint",
             Event::StepAttemptFailed { .. } => "step_attempt_failed",
             Event::StepFinished { .. } => "step_finished",
             Event::Halted { .. } => "halted",

@@ -695,6 +695,39 @@ fn step_context(
         scope: ctx.scope.clone(),
         assume_lost: ctx.runbook.assume_lost,
         force_lag: ctx.options.force_lag,
+        checkpoint: ctx.journal.with_state(|st| {
+            st.steps
+                .iter()
+                .find(|s| s.id == id && matches!(s.phase, Phase::Steps | Phase::Rollback))
+                .and_then(|s| s.checkpoint.clone())
+        }),
+        checkpoints: Arc::new(JournalCheckpoints {
+            journal: ctx.journal.clone(),
+            step: id.to_owned(),
+            attempt,
+        }),
+    }
+}
+
+/// Journals a step's checkpoint.
+struct JournalCheckpoints {
+    journal: Journal,
+    step: String,
+    attempt: u32,
+}
+
+#[async_trait::async_trait]
+impl drover_plugin_api::CheckpointSink for JournalCheckpoints {
+    async fn save(&self, data: serde_json::Value) -> Result<(), ActionError> {
+        self.journal
+            .append(Event::Checkpoint {
+                phase: Phase::Steps,
+                step: self.step.clone(),
+                attempt: self.attempt,
+                data,
+            })
+            .map(drop)
+            .map_err(|e| ActionError::Permanent(format!("cannot journal the checkpoint: {e}")))
     }
 }
 

@@ -30,6 +30,8 @@ pub struct StepState {
     pub attempt_errors: Vec<String>,
     /// Journal sequence of the finish, for undoing in reverse order.
     pub finish_seq: Option<u64>,
+    /// The first checkpoint the step journaled (the state before it acted).
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 /// One preflight or verify check.
@@ -134,6 +136,7 @@ impl RunState {
                     error: None,
                     attempt_errors: Vec::new(),
                     finish_seq: None,
+                    checkpoint: None,
                 });
                 self.index.insert(key, self.steps.len() - 1);
                 self.steps.len() - 1
@@ -242,6 +245,12 @@ impl RunState {
                 if s.started_at.is_none() {
                     s.started_at = Some(at);
                     s.started_t = Some(t);
+                }
+            }
+            Event::Checkpoint { phase, step, data, .. } => {
+                let s = self.step_mut(*phase, step);
+                if s.checkpoint.is_none() {
+                    s.checkpoint = Some(data.clone());
                 }
             }
             Event::StepAttemptFailed { phase, step, error, .. } => {

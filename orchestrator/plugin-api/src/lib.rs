@@ -47,7 +47,10 @@ pub trait Action: ActionSpec {
     async fn plan(&self, cx: &StepContext) -> Result<Preview, ActionError>;
     /// Does the work. Must be idempotent: it runs again after a crash.
     async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError>;
-    /// Undoes a completed execution; `done` is what that execution returned, when known.
+    /// Undoes an execution that completed or may have acted (its outcome is unknown: it
+    /// timed out, was cancelled, or drover crashed while it ran). `done` is what the
+    /// execution returned, when it completed; [`StepContext::checkpoint`] holds the prior
+    /// state it journaled before acting ([`StepContext::save_checkpoint`]), in both cases.
     async fn compensate(&self, cx: &StepContext, done: Option<&StepOutput>) -> Result<(), ActionError>;
     /// Called for each completed step of a run that a new process resumes, so that an
     /// action with background work for the rest of the run (a heartbeat) restarts it.
@@ -60,6 +63,25 @@ pub trait Action: ActionSpec {
 pub trait RunFacts: Send + Sync {
     /// The steps of this run that completed with action `kind`, in order: (step id, output).
     fn completed(&self, kind: &str) -> Vec<(String, StepOutput)>;
+}
+
+/// Journals a step's checkpoint: the prior state a change needs to undo itself.
+#[async_trait]
+pub trait CheckpointSink: Send + Sync {
+    /// Appends the checkpoint to the run's journal; when this returns `Ok` it survives a
+    /// crash of drover.
+    async fn save(&self, data: serde_json::Value) -> Result<(), ActionError>;
+}
+
+/// Keeps no checkpoints: for actions run outside a run (tests, previews).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCheckpoints;
+
+#[async_trait]
+impl CheckpointSink for NoCheckpoints {
+    async fn save(&self, _data: serde_json::Value) -> Result<(), ActionError> {
+        Ok(())
+    }
 }
 
 /// No facts: for actions run outside a run (tests, previews).
@@ -213,6 +235,11 @@ pub struct StepContext {
     pub assume_lost: bool,
     /// `--force-lag`: a lag gate over its limit warns instead of refusing (recorded).
     pub force_lag: bool,
+    /// The checkpoint this step journaled in an earlier attempt (the first one saved),
+    /// also after a crash; `None` when it has none yet.
+    pub checkpoint: Option<serde_json::Value>,
+    /// Where [`StepContext::save_checkpoint`] journals to.
+    pub checkpoints: Arc<dyn CheckpointSink>,
 }
 
 /// Who released a gate, and how.
@@ -258,6 +285,21 @@ impl StepContext {
     /// Reads the typed parameters (already validated at load time).
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, ActionError> {
         drover_model::from_node(&self.params).map_err(|e| ActionError::Permanent(format!("invalid parameters: {e}")))
+    }
+
+    /// Journals the prior state this change needs to undo itself, before it acts.
+    ///
+    /// Call it before the first side effect of `execute`. The first checkpoint of a step
+    /// wins: when an earlier attempt already saved one (a retry after a timeout, a re-run
+    /// after a crash), nothing is written and that earlier checkpoint is returned, because
+    /// the state read now may already be the changed one. The returned value is what
+    /// [`Action::compensate`] will find in [`StepContext::checkpoint`].
+    pub async fn save_checkpoint(&self, data: serde_json::Value) -> Result<serde_json::Value, ActionError> {
+        if let Some(prior) = &self.checkpoint {
+            return Ok(prior.clone());
+        }
+        self.checkpoints.save(data.clone()).await?;
+        Ok(data)
     }
 
     /// Time left before the deadline.
