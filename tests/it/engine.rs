@@ -290,7 +290,7 @@ rollback:
 "#;
     let fx = fixture(rb);
     let (code, run) = drover_json(&fx, &["failover", "rb", "--yes"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4);
     assert_eq!(run["outcome"], "stuck");
     assert!(
         run["reason"].as_str().unwrap().contains("rollback step `r1` failed"),
@@ -332,8 +332,8 @@ fn a_failed_preflight_changes_nothing() {
     );
     let fx = fixture(&rb);
     let (code, run) = drover_json(&fx, &["drill", "rb", "--yes"]);
-    assert_eq!(code, 1);
-    assert_eq!(run["outcome"], "failed");
+    assert_eq!(code, 5, "refused: nothing was changed");
+    assert_eq!(run["outcome"], "refused");
     assert!(log(&fx).is_empty(), "something ran: {:?}", log(&fx));
     assert!(
         run["reason"]
@@ -387,7 +387,7 @@ fn kill_9_at_any_point_then_resume_finishes_the_run() {
         let id = interrupted_run(&fx);
         // The service stays locked by the interrupted run.
         let out = fx.drover().args(["drill", "rb", "--yes"]).output().unwrap();
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(5));
         assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("drover resume {id}")));
         std::fs::remove_file(fx.path(started)).unwrap();
         fx.write(gates[i], "");
@@ -424,7 +424,7 @@ fn ctrl_c_lets_the_step_in_flight_finish_and_starts_no_more() {
     std::thread::sleep(Duration::from_millis(200));
     fx.write("go", "");
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "an interrupted run exits 1");
+    assert_eq!(out.status.code(), Some(6), "an interrupted run exits 6");
     assert_eq!(log(&fx), ["s1", "s2"], "s2 finished, s3 never started");
     let id = interrupted_run(&fx);
     let (_, shown) = drover_json(&fx, &["runs", "show", &id]);
@@ -443,7 +443,7 @@ fn a_second_run_of_a_service_is_refused_naming_the_first() {
     let mut child = spawn(&fx, &["drill", "rb", "--yes"]);
     wait_for(&fx.path("s2.started"), Duration::from_secs(30));
     let out = fx.drover().args(["drill", "rb", "--yes"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is being worked on by run"), "{stderr}");
     assert!(stderr.contains("one run per service"), "{stderr}");
@@ -538,7 +538,7 @@ fn a_second_failover_within_the_anti_flap_window_needs_ack() {
     let fx = fixture(rb);
     assert_eq!(drover_json(&fx, &["failover", "rb", "--yes"]).0, 0);
     let out = fx.drover().args(["failover", "rb", "--yes"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs --ack (anti-flap)"), "{stderr}");
     // A drill is not a failover: not blocked.

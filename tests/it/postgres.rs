@@ -533,8 +533,8 @@ fn the_lag_gate_refuses_a_standby_that_replays_too_slowly_and_changes_nothing() 
     std::thread::sleep(Duration::from_millis(1500));
 
     let (code, run, stderr) = lab.run(&["failover", "gated", "--yes"], &[]);
-    assert_eq!(code, 1, "{run:#}\n{stderr}");
-    assert_eq!(run["outcome"], "failed");
+    assert_eq!(code, 5, "{run:#}\n{stderr}");
+    assert_eq!(run["outcome"], "refused");
     assert!(
         text(&run["reason"]).contains("preflight failed, nothing was changed"),
         "{run:#}"
@@ -824,7 +824,7 @@ fn a_failed_failover_unfences_unless_the_standby_may_have_been_promoted() {
         ),
     );
     let (code, run, stderr) = lab.run(&["failover", "split", "--yes", "--ack"], &[]);
-    assert_eq!(code, 1, "{run:#}\n{stderr}");
+    assert_eq!(code, 4, "{run:#}\n{stderr}");
     assert_eq!(run["outcome"], "stuck", "{run:#}");
     let reason = text(&run["reason"]);
     assert!(

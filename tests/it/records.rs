@@ -37,7 +37,7 @@ fn stdout(fx: &Fixture, args: &[&str]) -> (i32, String) {
 /// What changes from run to run: times, ids, hashes, signatures, durations.
 const VOLATILE: [(&str, &str); 6] = [
     (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]"),
-    (r"\d{8}-\d{6}-[0-9a-f]{4}", "[RUN]"),
+    (r"\d{8}-\d{6}-[0-9a-f]{12}", "[RUN]"),
     (r"[0-9a-f]{128}", "[SIGNATURE]"),
     (r"[0-9a-f]{64}", "[SHA256]"),
     (r"CHG-\d{4}-\d{4}", "[CHG]"),

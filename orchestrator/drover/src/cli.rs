@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// graph, measures the RTO and RPO achieved against their targets, and records every
 /// drill or failover as a change record with a continuity report and signed evidence.
 ///
-/// Exit codes: 0 passed, 1 failed or stuck, 2 invalid input or usage, 3 targets missed.
+/// Exit codes: 0 passed, 1 failed (and rolled back), 2 invalid input or usage, 3 targets
+/// missed, 4 stuck (an undo failed: operator required), 5 refused (stopped before any
+/// change: preflight, a held service, anti-flap), 6 interrupted or internal error.
 #[derive(Debug, Parser)]
 #[command(name = "drover", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -98,15 +100,33 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
-    /// Continue an interrupted run from its journal.
+    /// Continue an interrupted run from its journal, or retry the undo of a stuck one.
     ///
     /// Finished steps are not run again; a step that was in flight runs again (actions
-    /// are idempotent).
+    /// are idempotent), or is undone when the run halts. A stuck run retries the undo
+    /// that failed. A finished run whose end was cut short by a crash is settled
+    /// (sealed, its service freed).
     Resume {
         /// A run id (or a unique prefix of one).
         run: String,
+        /// Approve the manual gates ahead.
         #[arg(long)]
         yes: bool,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+    /// An operator takes over a stuck run: records who and why, frees its service.
+    ///
+    /// A stuck run (an undo failed) keeps its service locked, and counts for anti-flap,
+    /// until it is acknowledged here or resumed to an end. The acknowledgement is
+    /// journaled (who, when, why) and the journal re-sealed. An interrupted run that
+    /// will not be resumed can be abandoned the same way: it ends `stuck`, acknowledged.
+    Ack {
+        /// A run id (or a unique prefix of one).
+        run: String,
+        /// Why, and what the operator will do instead (recorded).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },

@@ -15,9 +15,16 @@ use crate::cli::{Cli, Command};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Passed = 0,
+    /// Failed, and rolled back.
     Failed = 1,
     BadInput = 2,
     TargetsMissed = 3,
+    /// An undo failed: an operator is required.
+    Stuck = 4,
+    /// Stopped before any change (preflight, a held service lock, anti-flap).
+    Refused = 5,
+    /// Interrupted (Ctrl-C, a crash of a step driver) or an internal error: resumable.
+    Interrupted = 6,
 }
 
 impl From<Exit> for ExitCode {
@@ -33,7 +40,8 @@ pub enum Failure {
     Reported(Exit),
     /// Bad input or usage: printed as `error: ...`, exit 2.
     Usage(anyhow::Error),
-    /// Anything else: printed as `error: ...`, exit 1.
+    /// Anything else (a store that cannot be written, a fault of drover): printed as
+    /// `error: ...`, exit 6.
     Other(anyhow::Error),
 }
 
@@ -127,6 +135,7 @@ fn main() -> ExitCode {
             *format,
         ),
         Command::Resume { run, yes, format } => commands::run::resume(&cli, run, *yes, *format),
+        Command::Ack { run, reason, format } => commands::run::ack(&cli, run, reason, *format),
         Command::Runs { command } => commands::runs::run(&cli, command),
         Command::Report { run, format, output } => commands::records::report(&cli, run, *format, output.as_deref()),
         Command::Change { command } => commands::records::change(&cli, command),
@@ -148,7 +157,7 @@ fn main() -> ExitCode {
         }
         Err(Failure::Other(e)) => {
             eprintln!("error: {e:#}");
-            Exit::Failed.into()
+            Exit::Interrupted.into()
         }
     }
 }

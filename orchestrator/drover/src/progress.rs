@@ -15,6 +15,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Renders journal records as they are appended.
 pub struct Ui {
+    /// Held while a question waits at the terminal: one at a time.
+    asking: tokio::sync::Mutex<()>,
     multi: Option<MultiProgress>,
     header: Option<ProgressBar>,
     state: Mutex<UiState>,
@@ -128,7 +130,17 @@ pub fn describe(rec: &Record) -> Option<String> {
                 error.clone().unwrap_or_default()
             ),
         },
-        Event::Halted { reason } => format!("halted: {reason}"),
+        Event::Halted { reason, .. } => format!("halted: {reason}"),
+        Event::CheckAttemptFailed {
+            phase,
+            name,
+            attempt,
+            error,
+        } => format!(
+            "… {} check `{name}` failing (attempt {attempt}), polling on: {error}",
+            phase_name(*phase)
+        ),
+        Event::Acknowledged { by, reason } => format!("acknowledged by {by}: {reason}"),
         Event::Recovered { rto_s } => {
             format!("recovered: every verify check passed, RTO {}", secs(*rto_s))
         }
@@ -155,6 +167,7 @@ impl Ui {
         });
         if !tty {
             return Ui {
+                asking: tokio::sync::Mutex::new(()),
                 multi: None,
                 header: None,
                 state,
@@ -167,6 +180,7 @@ impl Ui {
             .set_style(ProgressStyle::with_template("{spinner} {msg} · elapsed {elapsed_precise}").expect("template"));
         header.enable_steady_tick(Duration::from_millis(120));
         let ui = Ui {
+            asking: tokio::sync::Mutex::new(()),
             multi: Some(multi),
             header: Some(header),
             state,
@@ -264,24 +278,40 @@ impl Observer for Ui {
 }
 
 /// Asks on the terminal; refuses when stdin is not one.
+///
+/// Nothing blocks while the question waits: it is printed above the live display (and
+/// kept in its header), the answer is read on a thread of its own, so the other steps,
+/// their progress lines, heartbeats and Ctrl-C go on. One question at a time.
 #[async_trait]
 impl Approver for Ui {
     async fn approve(&self, _run_id: &str, step: &str, prompt: &str) -> Result<Approval, String> {
         if !std::io::stdin().is_terminal() {
             return drover_plugin_api::NoApprover.approve("", step, prompt).await;
         }
+        let _one_at_a_time = self.asking.lock().await;
         let question = format!("approval needed for `{step}`: {prompt} [y/N] ");
-        let ask = move || {
-            eprint!("{question}");
-            let _ = std::io::stderr().flush();
-            let mut line = String::new();
-            let _ = std::io::stdin().lock().read_line(&mut line);
-            line
-        };
-        let answer = match &self.multi {
-            Some(m) => m.suspend(ask),
-            None => ask(),
-        };
+        match (&self.multi, &self.header) {
+            (Some(m), Some(h)) => {
+                let _ = m.println(format!("{question}(type y and Enter)"));
+                h.set_message(format!("waiting for your approval of `{step}`: type y and Enter"));
+            }
+            _ => {
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(question.as_bytes());
+                let _ = err.flush();
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("drover-approval-prompt".into())
+            .spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::stdin().lock().read_line(&mut line);
+                let _ = tx.send(line);
+            })
+            .map_err(|e| format!("cannot ask at the terminal: {e}"))?;
+        let answer = rx.await.unwrap_or_default();
+        self.refresh_header(&self.state.lock().expect("ui lock"));
         let user = drover_plugin_api::current_user();
         if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
             Ok(Approval {

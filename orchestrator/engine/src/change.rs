@@ -167,6 +167,8 @@ impl ChangeRecord {
             Some(Outcome::TargetsMissed) => ("closed", Some("Successful with issues")),
             Some(Outcome::Failed) => ("closed", Some("Unsuccessful")),
             Some(Outcome::Stuck) => ("review", Some("Unsuccessful")),
+            // Stopped before any change (a failed preflight): nothing was implemented.
+            Some(Outcome::Refused) => ("canceled", Some("Unsuccessful")),
         };
         let close_notes = st.finished.as_ref().map(|f| {
             let figure = |name: &str, a: Option<f64>, t: Option<f64>| match (a, t) {

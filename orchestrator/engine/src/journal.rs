@@ -52,6 +52,8 @@ pub enum Outcome {
     TargetsMissed,
     Failed,
     Stuck,
+    /// Stopped before any change: a preflight check failed.
+    Refused,
 }
 
 impl Outcome {
@@ -61,6 +63,7 @@ impl Outcome {
             Outcome::TargetsMissed => "targets_missed",
             Outcome::Failed => "failed",
             Outcome::Stuck => "stuck",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -184,6 +187,14 @@ pub enum Event {
         attempts: u32,
         error: String,
     },
+    /// A polled check is failing: written for its first failure and whenever the error
+    /// changes, not for every poll.
+    CheckAttemptFailed {
+        phase: Phase,
+        name: String,
+        attempt: u32,
+        error: String,
+    },
     StepStarted {
         phase: Phase,
         step: String,
@@ -215,6 +226,9 @@ pub enum Event {
     /// The first permanent failure: no further steps start.
     Halted {
         reason: String,
+        /// Halted by a failed preflight: nothing was changed, nothing is undone.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        preflight: bool,
     },
     /// Every verify check passed: the RTO clock stops here.
     Recovered {
@@ -231,6 +245,11 @@ pub enum Event {
         outcome: Outcome,
         rto_s: Option<f64>,
         rpo_s: Option<f64>,
+        reason: String,
+    },
+    /// An operator took a stuck (or abandoned) run over and freed its service.
+    Acknowledged {
+        by: String,
         reason: String,
     },
     /// The last record: an ed25519 signature over the hash of the record before it.
@@ -250,6 +269,7 @@ impl Event {
             Event::Resumed { .. } => "resumed",
             Event::CheckPassed { .. } => "check_passed",
             Event::CheckFailed { .. } => "check_failed",
+            Event::CheckAttemptFailed { .. } => "check_attempt_failed",
             Event::StepStarted { .. } => "step_started",
             Event::Checkpoint { .. } => "checkpoint",
             Event::StepAttemptFailed { .. } => "step_attempt_failed",
@@ -259,6 +279,7 @@ impl Event {
             Event::RollbackStarted { .. } => "rollback_started",
             Event::Interrupted { .. } => "interrupted",
             Event::RunFinished { .. } => "run_finished",
+            Event::Acknowledged { .. } => "acknowledged",
             Event::Sealed { .. } => "sealed",
         }
     }
@@ -309,11 +330,15 @@ impl RunClock {
         }
     }
 
-    /// A clock for a resumed run that started at `started` (wall clock).
-    pub fn resume(started: SystemTime) -> Self {
+    /// A clock for a resumed run that started at `started` (wall clock) and whose last
+    /// record was written at run-clock second `last_t`: it never runs backwards against
+    /// that record, even when the wall clock was set back in between.
+    pub fn resume(started: SystemTime, last_t: f64) -> Self {
+        let wall = SystemTime::now().duration_since(started).unwrap_or_default();
+        let last = Duration::try_from_secs_f64(last_t.max(0.0)).unwrap_or_default();
         RunClock {
             origin: Instant::now(),
-            offset: SystemTime::now().duration_since(started).unwrap_or_default(),
+            offset: wall.max(last),
         }
     }
 
@@ -326,16 +351,59 @@ impl RunClock {
     }
 }
 
+/// Secret values as they appear inside JSON strings: replaced before anything is stored.
+pub(crate) fn redactions(secrets: &[String]) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|s| s.len() >= 4)
+        .map(|s| {
+            let quoted = serde_json::to_string(s).unwrap_or_default();
+            quoted[1..quoted.len().saturating_sub(1).max(1)].to_owned()
+        })
+        .collect()
+}
+
+/// A record's stored text, secrets redacted (and the record as it then reads).
+pub(crate) fn encode(rec: Record, redact: &[String]) -> Result<(Record, String), StoreError> {
+    let mut json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
+    if redact.iter().any(|s| json.contains(s.as_str())) {
+        for s in redact {
+            json = json.replace(s.as_str(), "[redacted]");
+        }
+        let rec = serde_json::from_str(&json).map_err(|e| StoreError::Other(e.to_string()))?;
+        return Ok((rec, json));
+    }
+    Ok((rec, json))
+}
+
+/// The run's first record (`seq` 0), before the run exists.
+pub(crate) fn first_record(event: Event, clock: RunClock, redact: &[String]) -> Result<(Record, String), StoreError> {
+    let rec = Record {
+        seq: 0,
+        at: rfc3339(SystemTime::now()),
+        t: clock.secs(),
+        prev: None,
+        event,
+    };
+    encode(rec, redact)
+}
+
+struct Tip {
+    /// The run's state after the last record (its `last_seq` gives the next sequence).
+    state: RunState,
+    /// The hash of the last record.
+    head: Option<String>,
+    /// An append failed: the chain on disk ends before the state in memory.
+    broken: Option<String>,
+}
+
 /// Appends records to one run's journal, keeps the run's state up to date with them,
-/// and tells the observer.
+/// and tells the observer once they are stored.
 #[derive(Clone)]
 pub struct Journal {
     store: Store,
     run_id: Arc<str>,
-    /// The run's state after the last record (its `last_seq` gives the next sequence),
-    /// and the hash of that record.
-    state: Arc<Mutex<(RunState, Option<String>)>>,
-    /// Secret values (as they appear inside JSON strings) replaced before anything is stored.
+    tip: Arc<Mutex<Tip>>,
     redact: Arc<Vec<String>>,
     clock: RunClock,
     observer: Arc<dyn Observer>,
@@ -354,6 +422,51 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Builds the next records of a run under its journal's lock (see [`Journal::commit`]).
+pub struct Batch<'a> {
+    tip: &'a mut Tip,
+    clock: RunClock,
+    redact: &'a [String],
+    out: Vec<(Record, String)>,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("records", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch<'_> {
+    /// Adds the next record.
+    pub fn push(&mut self, event: Event) -> Result<&Record, StoreError> {
+        let rec = Record {
+            seq: self.tip.state.last_seq.map_or(0, |s| s + 1),
+            at: rfc3339(SystemTime::now()),
+            // Never backwards against the record before.
+            t: self.clock.secs().max(self.tip.state.last_t),
+            prev: self.tip.head.clone(),
+            event,
+        };
+        let (rec, json) = encode(rec, self.redact)?;
+        self.tip.head = Some(crate::evidence::sha256_hex(json.as_bytes()));
+        self.tip.state.apply(&rec);
+        self.out.push((rec, json));
+        Ok(&self.out.last().expect("just pushed").0)
+    }
+
+    /// The state as of the last record added.
+    pub fn state(&self) -> &RunState {
+        &self.tip.state
+    }
+
+    /// The last record's sequence number and hash.
+    pub fn head(&self) -> Option<(u64, String)> {
+        Some((self.tip.state.last_seq?, self.tip.head.clone()?))
+    }
+}
+
 impl Journal {
     /// A journal continuing after the records `state` was built from; `head` is the
     /// hash of the last of them. `secrets` are redacted from every record.
@@ -365,38 +478,38 @@ impl Journal {
         observer: Arc<dyn Observer>,
         secrets: &[String],
     ) -> Self {
-        let redact = secrets
-            .iter()
-            .filter(|s| s.len() >= 4)
-            .map(|s| {
-                let quoted = serde_json::to_string(s).unwrap_or_default();
-                quoted[1..quoted.len().saturating_sub(1).max(1)].to_owned()
-            })
-            .collect();
         Journal {
             store,
             run_id: state.id.as_str().into(),
-            state: Arc::new(Mutex::new((state, head))),
-            redact: Arc::new(redact),
+            tip: Arc::new(Mutex::new(Tip {
+                state,
+                head,
+                broken: None,
+            })),
+            redact: Arc::new(redactions(secrets)),
             clock,
             observer,
         }
     }
 
+    fn tip(&self) -> std::sync::MutexGuard<'_, Tip> {
+        self.tip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The run's state as of the last record.
     pub fn state(&self) -> RunState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+        self.tip().state.clone()
     }
 
     /// Reads the run's state without copying it.
     pub fn with_state<T>(&self, f: impl FnOnce(&RunState) -> T) -> T {
-        f(&self.state.lock().unwrap_or_else(|p| p.into_inner()).0)
+        f(&self.tip().state)
     }
 
     /// The hash of the last record and its sequence number.
     pub fn head(&self) -> Option<(u64, String)> {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Some((g.0.last_seq?, g.1.clone()?))
+        let g = self.tip();
+        Some((g.state.last_seq?, g.head.clone()?))
     }
 
     pub fn run_id(&self) -> &str {
@@ -407,32 +520,120 @@ impl Journal {
         self.clock
     }
 
-    /// Appends `event`; when this returns, the record survives a crash of drover.
-    pub fn append(&self, event: Event) -> Result<Record, StoreError> {
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (state, head) = &mut *guard;
-        let rec = Record {
-            seq: state.last_seq.map_or(0, |s| s + 1),
-            at: rfc3339(SystemTime::now()),
-            t: self.clock.secs(),
-            prev: head.clone(),
-            event,
-        };
-        let mut json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
-        let mut rec = rec;
-        if self.redact.iter().any(|s| json.contains(s.as_str())) {
-            for s in self.redact.iter() {
-                json = json.replace(s.as_str(), "[redacted]");
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Appends `event`; when this returns, the record survives a crash of drover. The
+    /// commit happens on the store's writer thread: this never blocks the runtime.
+    pub async fn append(&self, event: Event) -> Result<Record, StoreError> {
+        let names = crash_names(&event);
+        crate::crash::point(&names[0]);
+        crate::crash::point(&names[1]);
+        let (rec, rx) = {
+            let mut tip = self.tip();
+            if let Some(why) = &tip.broken {
+                return Err(StoreError::Other(format!("run {}: {why}", self.run_id)));
             }
-            rec = serde_json::from_str(&json).map_err(|e| StoreError::Other(e.to_string()))?;
+            let mut batch = Batch {
+                tip: &mut tip,
+                clock: self.clock,
+                redact: &self.redact,
+                out: Vec::with_capacity(1),
+            };
+            batch.push(event)?;
+            let (rec, json) = batch.out.pop().expect("one record");
+            // Sent under the lock: the writer gets records in sequence order.
+            let rx = self.store.append_queued(self.run_id.clone(), rec.seq, json);
+            (rec, rx)
+        };
+        let stored = rx
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Other("the store's writer thread has stopped".into())));
+        if let Err(e) = stored {
+            self.tip().broken = Some(format!("record {} was not stored: {e}", rec.seq));
+            return Err(e);
         }
-        self.store.append(&self.run_id, rec.seq, &json)?;
-        *head = Some(crate::evidence::sha256_hex(json.as_bytes()));
-        state.apply(&rec);
-        drop(guard);
+        crate::crash::point(&names[2]);
+        crate::crash::point(&names[3]);
         self.observer.record(&rec);
         Ok(rec)
     }
+
+    /// Appends the records `build` makes and runs `then` (the run row, the service lock)
+    /// in one transaction: all of it is stored, or none (and then the journal refuses
+    /// further records: the run stops where its stored journal ends).
+    pub async fn commit<T: Clone + Send + 'static>(
+        &self,
+        build: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
+        then: impl FnOnce(&rusqlite::Transaction<'_>, &T) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(T, Vec<Record>), StoreError> {
+        let (value, records, rx) = {
+            let mut tip = self.tip();
+            if let Some(why) = &tip.broken {
+                return Err(StoreError::Other(format!("run {}: {why}", self.run_id)));
+            }
+            let mut batch = Batch {
+                tip: &mut tip,
+                clock: self.clock,
+                redact: &self.redact,
+                out: Vec::new(),
+            };
+            let value = build(&mut batch)?;
+            let out = std::mem::take(&mut batch.out);
+            let rows: Vec<(u64, String)> = out.iter().map(|(r, j)| (r.seq, j.clone())).collect();
+            // Sent under the lock: records of this run appended later queue behind it.
+            let built = value.clone();
+            let rx = self
+                .store
+                .commit_queued(self.run_id.clone(), rows, Box::new(move |tx| then(tx, &built)));
+            (value, out.into_iter().map(|(r, _)| r).collect::<Vec<_>>(), rx)
+        };
+        let stored = rx
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Other("the store's writer thread has stopped".into())));
+        if let Err(e) = stored {
+            self.tip().broken = Some(format!("records from {} on were not stored: {e}", records[0].seq));
+            return Err(e);
+        }
+        for r in &records {
+            self.observer.record(r);
+        }
+        Ok((value, records))
+    }
+}
+
+/// The crash points around an append of `event`: before and after, by event kind and by
+/// kind and phase (`append.after:step_started:compensation`).
+fn crash_names(event: &Event) -> [String; 4] {
+    let kind = event.kind();
+    let phase = match event {
+        Event::StepStarted { phase, .. }
+        | Event::StepFinished { phase, .. }
+        | Event::StepAttemptFailed { phase, .. }
+        | Event::Checkpoint { phase, .. }
+        | Event::CheckPassed { phase, .. }
+        | Event::CheckFailed { phase, .. }
+        | Event::CheckAttemptFailed { phase, .. } => Some(*phase),
+        _ => None,
+    };
+    let phase = phase
+        .map(|p| {
+            format!(
+                ":{}",
+                serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    [
+        format!("append.before:{kind}"),
+        format!("append.before:{kind}{phase}"),
+        format!("append.after:{kind}"),
+        format!("append.after:{kind}{phase}"),
+    ]
 }
 
 /// Reads a run's records back.

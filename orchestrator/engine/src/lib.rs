@@ -2,6 +2,7 @@
 //! plans with a durable journal, rollback, resume and RTO measurement.
 
 pub mod change;
+pub mod crash;
 pub mod evidence;
 pub mod journal;
 pub mod plan;
@@ -12,6 +13,6 @@ pub mod view;
 
 pub use journal::{Event, Journal, Observer, Outcome, Phase, Quiet, Record, RunOptions, StepStatus};
 pub use plan::{Plan, PlanStep, plan};
-pub use run::{Engine, EngineError, StartRequest, is_live};
+pub use run::{Engine, EngineError, RunHandle, StartRequest, is_live, rpo_achieved};
 pub use state::RunState;
 pub use store::{RunRow, Store, StoreError};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use drover_model::RunMode;
-use drover_plugin_api::StepOutput;
+use drover_plugin_api::{ActionError, StepOutput};
 use serde::Serialize;
 
 use crate::journal::{ChangeHeader, CiInfo, Event, Outcome, Phase, Record, RollbackReason, RunOptions, StepStatus};
@@ -32,6 +32,12 @@ pub struct StepState {
     pub finish_seq: Option<u64>,
     /// The first checkpoint the step journaled (the state before it acted).
     pub checkpoint: Option<serde_json::Value>,
+    /// Whether the step may have changed something: it completed, or an attempt's
+    /// outcome is unknown (timed out, cancelled, panicked, or drover died during it).
+    /// Such a step is undone when the run halts, whatever its status says.
+    pub may_have_acted: bool,
+    /// Journal sequence of the step's latest record.
+    pub last_seq: u64,
 }
 
 /// One preflight or verify check.
@@ -82,6 +88,8 @@ pub struct RunState {
     pub checks: Vec<CheckState>,
     check_index: HashMap<(Phase, String), usize>,
     pub halted: Option<String>,
+    /// The run halted in preflight: nothing changed, nothing is undone.
+    pub halted_in_preflight: bool,
     pub recovered_s: Option<f64>,
     pub rollbacks: Vec<RollbackReason>,
     pub interrupted: Option<String>,
@@ -89,6 +97,10 @@ pub struct RunState {
     pub finished: Option<Finish>,
     /// The fingerprint of the key that sealed the run.
     pub sealed_by: Option<String>,
+    /// Whether the last record is a seal.
+    pub sealed: bool,
+    /// Who took the run over, and why (`drover ack`).
+    pub acknowledged: Option<(String, String, String)>,
     pub last_seq: Option<u64>,
     pub last_t: f64,
     pub last_at: String,
@@ -137,6 +149,8 @@ impl RunState {
                     attempt_errors: Vec::new(),
                     finish_seq: None,
                     checkpoint: None,
+                    may_have_acted: false,
+                    last_seq: 0,
                 });
                 self.index.insert(key, self.steps.len() - 1);
                 self.steps.len() - 1
@@ -172,6 +186,7 @@ impl RunState {
         self.last_seq = Some(r.seq);
         self.last_t = r.t;
         self.last_at.clone_from(&r.at);
+        self.sealed = matches!(r.event, Event::Sealed { .. });
         match &r.event {
             Event::RunStarted {
                 runbook,
@@ -209,6 +224,17 @@ impl RunState {
             Event::Resumed { .. } => {
                 self.resumes += 1;
                 self.interrupted = None;
+                // A stuck run resumed goes on: its earlier finish no longer stands.
+                self.finished = None;
+                // An attempt in flight when the last process died may have acted.
+                for s in &mut self.steps {
+                    if s.in_flight {
+                        s.in_flight = false;
+                        s.may_have_acted = true;
+                        s.attempt_errors
+                            .push("interrupted: drover stopped during this attempt (outcome unknown)".into());
+                    }
+                }
             }
             Event::CheckPassed {
                 phase,
@@ -237,25 +263,43 @@ impl RunState {
                 c.attempts += attempts;
                 c.error = Some(error.clone());
             }
+            Event::CheckAttemptFailed { phase, name, error, .. } => {
+                let c = self.check_mut(*phase, name);
+                c.error = Some(error.clone());
+            }
             Event::StepStarted { phase, step, attempt } => {
                 let (at, t) = (r.at.clone(), r.t);
+                let seq = r.seq;
                 let s = self.step_mut(*phase, step);
                 s.attempts = s.attempts.max(*attempt);
+                if s.in_flight {
+                    // A new attempt while one was in flight: drover died during it.
+                    s.may_have_acted = true;
+                }
                 s.in_flight = true;
+                s.last_seq = seq;
                 if s.started_at.is_none() {
                     s.started_at = Some(at);
                     s.started_t = Some(t);
                 }
             }
             Event::Checkpoint { phase, step, data, .. } => {
+                let seq = r.seq;
                 let s = self.step_mut(*phase, step);
+                s.may_have_acted = true;
+                s.last_seq = seq;
                 if s.checkpoint.is_none() {
                     s.checkpoint = Some(data.clone());
                 }
             }
             Event::StepAttemptFailed { phase, step, error, .. } => {
+                let seq = r.seq;
                 let s = self.step_mut(*phase, step);
                 s.in_flight = false;
+                s.last_seq = seq;
+                if matches!(error, ActionError::OutcomeUnknown(_) | ActionError::Cancelled) {
+                    s.may_have_acted = true;
+                }
                 s.attempt_errors.push(error.to_string());
             }
             Event::StepFinished {
@@ -276,11 +320,19 @@ impl RunState {
                 s.output.clone_from(output);
                 s.error.clone_from(error);
                 s.finish_seq = Some(seq);
+                s.last_seq = seq;
+                if matches!(status, StepStatus::Ok | StepStatus::OutcomeUnknown) {
+                    s.may_have_acted = true;
+                }
             }
-            Event::Halted { reason } => {
+            Event::Halted { reason, preflight } => {
                 if self.halted.is_none() {
                     self.halted = Some(reason.clone());
+                    self.halted_in_preflight = *preflight;
                 }
+            }
+            Event::Acknowledged { by, reason } => {
+                self.acknowledged = Some((by.clone(), reason.clone(), r.at.clone()));
             }
             Event::Recovered { rto_s } => self.recovered_s = Some(*rto_s),
             Event::RollbackStarted { reason } => self.rollbacks.push(*reason),

@@ -123,18 +123,30 @@ fn confirm_failover(plan_text: &str, service: &str) -> Result<(), Failure> {
         Ok(())
     } else {
         eprintln!("not confirmed: nothing was changed");
-        Err(Failure::Reported(Exit::Failed))
+        Err(Failure::Reported(Exit::Refused))
     }
 }
 
-fn engine_error(e: EngineError) -> Failure {
+/// An engine error as the command's failure. A refusal before the run exists (a held
+/// service, anti-flap) exits 5 and, for `--format json`, still prints an object with
+/// `"outcome": "refused"`, so automation can tell "nothing happened".
+fn engine_error(e: EngineError, format: TextJson) -> Failure {
     match e {
         EngineError::Refused(m) => {
             eprintln!("refused: {m}");
-            Failure::Reported(Exit::Failed)
+            if format == TextJson::Json {
+                let _ = super::print_json(&serde_json::json!({
+                    "id": null,
+                    "outcome": "refused",
+                    "state": "refused",
+                    "reason": m,
+                }));
+            }
+            Failure::Reported(Exit::Refused)
         }
         EngineError::Invalid(m) => Failure::Usage(anyhow::anyhow!(m)),
         EngineError::Store(e) => Failure::Other(e.into()),
+        EngineError::Internal(m) => Failure::Other(anyhow::anyhow!(m)),
     }
 }
 
@@ -191,17 +203,16 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
     let rt = runtime()?;
     let state = rt.block_on(async {
         watch_signals(engine.stop.clone(), engine.abort.clone(), ui.clone());
-        engine.start(req).await
+        engine.start(req).await?.wait().await
     });
     ui.finish();
-    let state = state.map_err(engine_error)?;
+    let state = state.map_err(|e| engine_error(e, format))?;
     report(&engine.store, &state, format)
 }
 
 pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
     let loaded = load(&cli.config, &[])?;
     let config = loaded.config().clone();
-    let cmdb = loaded.cmdb().clone();
     let store = open_store(&config)?;
     let id = super::runs::resolve(&store, run)?;
     let ui = Arc::new(Ui::new(format!("resume {id}"), 0, None));
@@ -210,11 +221,39 @@ pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
     let rt = runtime()?;
     let state = rt.block_on(async {
         watch_signals(engine.stop.clone(), engine.abort.clone(), ui.clone());
-        engine.resume(&id, &cmdb, yes).await
+        engine.resume(&id, yes).await?.wait().await
     });
     ui.finish();
-    let state = state.map_err(engine_error)?;
+    let state = state.map_err(|e| engine_error(e, format))?;
     report(&engine.store, &state, format)
+}
+
+/// `drover ack RUN --reason TEXT`: an operator takes a stuck run over.
+pub fn ack(cli: &Cli, run: &str, reason: &str, format: TextJson) -> CmdResult {
+    let loaded = load(&cli.config, &[])?;
+    let config = loaded.config().clone();
+    let store = open_store(&config)?;
+    let id = super::runs::resolve(&store, run)?;
+    let ui = Arc::new(Ui::new(format!("ack {id}"), 0, None));
+    let mut engine = engine(&config, loaded.registry, ui.clone())?;
+    engine.store = store;
+    let rt = runtime()?;
+    let state = rt.block_on(engine.acknowledge(&id, &user(), reason));
+    ui.finish();
+    let state = state.map_err(|e| engine_error(e, format))?;
+    let live = drover_engine::is_live(&engine.store, &state.id);
+    let view = RunView::new(&state, live);
+    match format {
+        TextJson::Json => super::print_json(&view)?,
+        TextJson::Text => {
+            let (by, why, at) = state.acknowledged.clone().unwrap_or_default();
+            println!(
+                "run {} acknowledged by {by} at {at}: {why}\nservice `{}` is free; the journal is sealed again",
+                state.id, state.service
+            );
+        }
+    }
+    Ok(Exit::Passed)
 }
 
 /// Prints the run and turns its outcome into the exit code.
@@ -225,16 +264,28 @@ pub fn report(store: &Store, state: &RunState, format: TextJson) -> CmdResult {
         TextJson::Json => super::print_json(&view)?,
         TextJson::Text => print!("{}", super::runs::text(&view)),
     }
+    use drover_engine::Outcome;
     Ok(match state.finished.as_ref().map(|f| f.outcome) {
-        Some(drover_engine::Outcome::Passed) => Exit::Passed,
-        Some(drover_engine::Outcome::TargetsMissed) => Exit::TargetsMissed,
-        Some(_) => Exit::Failed,
+        Some(Outcome::Passed) => Exit::Passed,
+        Some(Outcome::TargetsMissed) => Exit::TargetsMissed,
+        Some(Outcome::Failed) => Exit::Failed,
+        Some(Outcome::Refused) => Exit::Refused,
+        Some(Outcome::Stuck) => {
+            if state.acknowledged.is_none() {
+                eprintln!(
+                    "run {} is stuck and keeps service `{}` locked: an operator must take it over \
+                     (`drover ack {} --reason TEXT`) or retry its undo (`drover resume {}`)",
+                    state.id, state.service, state.id, state.id
+                );
+            }
+            Exit::Stuck
+        }
         None => {
             eprintln!(
                 "run {} was interrupted: continue it with `drover resume {}`",
                 state.id, state.id
             );
-            Exit::Failed
+            Exit::Interrupted
         }
     })
 }
