@@ -57,7 +57,7 @@ pub(crate) fn drover_json(fx: &Fixture, args: &[&str]) -> (i32, Value) {
     (code, json)
 }
 
-fn log(fx: &Fixture) -> Vec<String> {
+pub(crate) fn log(fx: &Fixture) -> Vec<String> {
     std::fs::read_to_string(fx.path("log"))
         .unwrap_or_default()
         .lines()
@@ -74,12 +74,12 @@ pub(crate) fn step<'a>(run: &'a Value, phase: &str, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {phase} step {id} in {run:#}"))
 }
 
-fn f(v: &Value) -> f64 {
+pub(crate) fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 #[track_caller]
-fn wait_for(path: &Path, within: Duration) {
+pub(crate) fn wait_for(path: &Path, within: Duration) {
     let start = Instant::now();
     while !path.exists() {
         assert!(
@@ -106,7 +106,7 @@ pub(crate) fn spawn(fx: &Fixture, args: &[&str]) -> Child {
         .expect("start drover")
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -116,7 +116,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// The single interrupted run of the fixture.
-fn interrupted_run(fx: &Fixture) -> String {
+pub(crate) fn interrupted_run(fx: &Fixture) -> String {
     let out = fx
         .drover()
         .args(["runs", "list", "--format", "json"])

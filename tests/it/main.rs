@@ -22,6 +22,8 @@ mod diagnostics;
 mod engine;
 mod examples;
 mod fuzz;
+mod inprocess;
 mod planning;
 mod postgres;
 mod records;
+mod safety;

@@ -54,6 +54,38 @@ pub fn load(config: &Path, extra_runbooks: &[PathBuf]) -> Result<Loaded, Failure
     Ok(Loaded { ws, registry })
 }
 
+/// Loads the workspace for a command that goes on with a recorded run (`resume`,
+/// `ack`): only the config must be free of errors. The run uses the runbook and the
+/// CMDB order recorded when it started, so a CMDB edited (or broken) since cannot stop
+/// or reorder a half-done failover; its errors are shown as warnings.
+pub fn load_for_recorded_run(config: &Path) -> Result<Loaded, Failure> {
+    let (ws, registry) = load_all(config, &[]);
+    let fatal: Vec<Diagnostic> = ws
+        .diagnostics
+        .iter()
+        .filter(|d| d.file == ws.config_path)
+        .cloned()
+        .collect();
+    if !fatal.is_empty() || ws.config.is_none() {
+        report(&ws, &fatal);
+        return Err(Failure::Reported(Exit::BadInput));
+    }
+    let cmdb: Vec<Diagnostic> = ws
+        .diagnostics
+        .iter()
+        .filter(|d| Some(&d.file) == ws.cmdb_path.as_ref())
+        .cloned()
+        .collect();
+    if !cmdb.is_empty() {
+        eprintln!("{}", ws.render_diagnostics(&cmdb));
+        eprintln!(
+            "warning: the CMDB has {} error(s); the run goes on with the CMDB order recorded at its start",
+            cmdb.len()
+        );
+    }
+    Ok(Loaded { ws, registry })
+}
+
 /// Whether the command-line argument names a file rather than a runbook name.
 fn looks_like_path(arg: &str) -> bool {
     arg.ends_with(".yaml") || arg.ends_with(".yml") || arg.contains('/')

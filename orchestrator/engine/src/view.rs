@@ -85,6 +85,15 @@ pub struct RunView {
     pub change: Option<crate::change::ChangeRecord>,
     /// The fingerprint of the key that sealed the run's journal.
     pub sealed_by: Option<String>,
+    /// An operator took the (stuck) run over: who, why, when (`drover ack`).
+    pub acknowledged: Option<Acknowledgement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Acknowledgement {
+    pub by: String,
+    pub reason: String,
+    pub at: String,
 }
 
 fn status_name(s: Option<StepStatus>) -> &'static str {
@@ -223,6 +232,10 @@ impl RunView {
             steps,
             change: crate::change::ChangeRecord::from_state(state),
             sealed_by: state.sealed_by.clone(),
+            acknowledged: state
+                .acknowledged
+                .clone()
+                .map(|(by, reason, at)| Acknowledgement { by, reason, at }),
         }
     }
 }

@@ -28,6 +28,11 @@ pub struct RunParams {
     /// argv run as the compensation.
     #[serde(default)]
     pub undo: Option<Located<Vec<String>>>,
+    /// argv run before `command` that prints the prior state (e.g. the current replica
+    /// count); its stdout is journaled as the step's checkpoint before the change, and
+    /// `undo` gets it in `$DROVER_CHECKPOINT`, also when the change's outcome is unknown.
+    #[serde(default)]
+    pub checkpoint: Option<Located<Vec<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +90,7 @@ impl ActionSpec for ExecRun {
             Ok(p) => {
                 let mut out: Vec<Issue> = argv(&p.command, "command").into_iter().collect();
                 out.extend(p.undo.as_ref().and_then(|u| argv(u, "undo")));
+                out.extend(p.checkpoint.as_ref().and_then(|c| argv(c, "checkpoint")));
                 out.extend(env_names(&p.env, p.command.loc));
                 out
             }
@@ -104,6 +110,20 @@ impl Action for ExecRun {
 
     async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError> {
         let p: RunParams = cx.params()?;
+        if let Some(cmd) = &p.checkpoint
+            && cx.checkpoint.is_none()
+        {
+            let prior = process::run(cmd, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
+            if !prior.success() {
+                // Nothing changed yet: the change is not attempted without its checkpoint.
+                return Err(ActionError::Retryable(format!(
+                    "checkpoint: {}",
+                    prior.failure_message()
+                )));
+            }
+            cx.save_checkpoint(serde_json::Value::String(prior.stdout.text().trim_end().to_owned()))
+                .await?;
+        }
         let done = process::run(&p.command, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
         if done.success() {
             Ok(StepOutput::new(format!("`{}` exited 0", p.command.join(" "))).with_data(done.to_json()))
@@ -115,7 +135,15 @@ impl Action for ExecRun {
     async fn compensate(&self, cx: &StepContext, _done: Option<&StepOutput>) -> Result<(), ActionError> {
         let p: RunParams = cx.params()?;
         let Some(undo) = &p.undo else { return Ok(()) };
-        let done = process::run(undo, &p.env, p.cwd.as_deref(), None, &cx.cancel).await?;
+        let mut env = p.env.clone();
+        if let Some(prior) = &cx.checkpoint {
+            let text = match prior {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            env.insert("DROVER_CHECKPOINT".into(), text);
+        }
+        let done = process::run(undo, &env, p.cwd.as_deref(), None, &cx.cancel).await?;
         if done.success() {
             Ok(())
         } else {

@@ -10,13 +10,13 @@ use drover_engine::{RunState, Store};
 use drover_report::{Report, Trend};
 
 use crate::cli::{ChangeCommand, Cli, EvidenceCommand, ReportFormat, TextJson, TrendFormat};
-use crate::workspace::load;
+use crate::workspace::load_for_recorded_run;
 use crate::{CmdResult, Exit, Failure};
 
 use super::runs::{resolve, state_of};
 
 fn open(cli: &Cli) -> Result<(Store, drover_model::Config), Failure> {
-    let loaded = load(&cli.config, &[])?;
+    let loaded = load_for_recorded_run(&cli.config)?;
     let config = loaded.config().clone();
     Ok((super::run::open_store(&config)?, config))
 }

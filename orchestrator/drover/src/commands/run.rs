@@ -13,7 +13,7 @@ use drover_plugin_api::{CancellationToken, Registry};
 
 use crate::cli::{Cli, TextJson};
 use crate::progress::Ui;
-use crate::workspace::{load, load_runbook};
+use crate::workspace::{load_for_recorded_run, load_runbook};
 use crate::{CmdResult, Exit, Failure};
 
 /// Options of `drill` / `failover` / `verify`.
@@ -211,7 +211,7 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
 }
 
 pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
-    let loaded = load(&cli.config, &[])?;
+    let loaded = load_for_recorded_run(&cli.config)?;
     let config = loaded.config().clone();
     let store = open_store(&config)?;
     let id = super::runs::resolve(&store, run)?;
@@ -230,7 +230,7 @@ pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
 
 /// `drover ack RUN --reason TEXT`: an operator takes a stuck run over.
 pub fn ack(cli: &Cli, run: &str, reason: &str, format: TextJson) -> CmdResult {
-    let loaded = load(&cli.config, &[])?;
+    let loaded = load_for_recorded_run(&cli.config)?;
     let config = loaded.config().clone();
     let store = open_store(&config)?;
     let id = super::runs::resolve(&store, run)?;

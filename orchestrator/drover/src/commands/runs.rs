@@ -6,7 +6,7 @@ use drover_engine::view::RunView;
 use drover_engine::{RunState, Store};
 
 use crate::cli::{Cli, RunsCommand, TextJson};
-use crate::workspace::load;
+use crate::workspace::load_for_recorded_run;
 use crate::{CmdResult, Exit, Failure};
 
 /// A run id from an id or a unique prefix of one.
@@ -36,7 +36,7 @@ pub fn state_of(store: &Store, id: &str) -> Result<RunState, Failure> {
 }
 
 pub fn run(cli: &Cli, command: &RunsCommand) -> CmdResult {
-    let loaded = load(&cli.config, &[])?;
+    let loaded = load_for_recorded_run(&cli.config)?;
     let store = super::run::open_store(loaded.config())?;
     match command {
         RunsCommand::List { format, limit } => {
