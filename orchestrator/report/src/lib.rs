@@ -396,6 +396,29 @@ fn findings(run: &RunView, ev: &Verification) -> Vec<Finding> {
             "RPO was not measured in this run (no heartbeat or backup measurement)".into(),
         );
     }
+    if let Some(a) = &run.acknowledged {
+        push(
+            "warning",
+            format!(
+                "stuck, then taken over by {} at {}: {}; what the operator did is outside this journal",
+                a.by, a.at, a.reason
+            ),
+        );
+    } else if run.outcome == Some("stuck") {
+        push(
+            "error",
+            format!(
+                "stuck: an undo failed and the service stays locked until an operator acknowledges it (`drover ack {} --reason TEXT`) or resumes it",
+                run.id
+            ),
+        );
+    }
+    if run.outcome == Some("refused") {
+        push(
+            "note",
+            "refused before any change: nothing was changed, nothing was undone".into(),
+        );
+    }
     if run.resumes > 0 {
         push(
             "warning",

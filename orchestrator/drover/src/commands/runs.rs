@@ -135,6 +135,9 @@ pub fn text(v: &RunView) -> String {
     if let Some(r) = &v.reason {
         let _ = writeln!(out, "  {r}");
     }
+    if let Some(a) = &v.acknowledged {
+        let _ = writeln!(out, "  acknowledged by {} at {}: {}", a.by, a.at, a.reason);
+    }
     let _ = writeln!(
         out,
         "  RTO {} (target {})   RPO {} (target {})",
