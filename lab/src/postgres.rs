@@ -186,6 +186,18 @@ impl fmt::Debug for PgPair {
 impl PgPair {
     /// Starts a new pair (about two seconds).
     pub fn start() -> Result<Self, LabError> {
+        let pair = Self::prepare()?;
+        pair.init_primary()?;
+        pair.start_node(Node::Primary, None)?;
+        pair.clone_standby()?;
+        pair.start_node(Node::Standby, None)?;
+        pair.wait_streaming(Duration::from_secs(30))?;
+        pair.wait_caught_up(Duration::from_secs(30))?;
+        Ok(pair)
+    }
+
+    /// The folder, the password and the watchdog; no server yet.
+    fn prepare() -> Result<Self, LabError> {
         let bin = PgBin::find()?;
         let run_as = run_as()?;
         let dir = tempfile::Builder::new().prefix("drover-pg-").tempdir()?;
@@ -202,14 +214,18 @@ impl PgPair {
             cut_conninfo: Mutex::new(None),
             watchdog: Mutex::new(None),
         };
-        // From here on, dropping `pair` (an error below) stops whatever runs.
+        // From here on, dropping `pair` (an error) stops whatever runs.
         *pair.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(pair.spawn_watchdog()?);
+        Ok(pair)
+    }
+
+    /// A primary alone, without a standby: a cluster of its own (its own
+    /// `system_identifier`), e.g. an unrelated database for a test. The standby's
+    /// methods do not apply to it.
+    pub fn start_single() -> Result<Self, LabError> {
+        let pair = Self::prepare()?;
         pair.init_primary()?;
         pair.start_node(Node::Primary, None)?;
-        pair.clone_standby()?;
-        pair.start_node(Node::Standby, None)?;
-        pair.wait_streaming(Duration::from_secs(30))?;
-        pair.wait_caught_up(Duration::from_secs(30))?;
         Ok(pair)
     }
 
@@ -223,6 +239,11 @@ impl PgPair {
     /// The temporary folder holding both data directories and their logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The server binaries it runs (for tests that start `psql` themselves).
+    pub fn bin(&self) -> &PgBin {
+        &self.bin
     }
 
     fn ports(&self) -> [u16; 2] {
@@ -280,11 +301,16 @@ impl PgPair {
     /// Runs one SQL statement with `psql` and returns its rows (`|` between columns,
     /// one row per line, no header).
     pub fn sql(&self, node: Node, sql: &str) -> Result<String, LabError> {
+        self.sql_as(node, &self.user, &self.password, sql)
+    }
+
+    /// Like [`Self::sql`], logged in as another role (`user` with `password`).
+    pub fn sql_as(&self, node: Node, user: &str, password: &str, sql: &str) -> Result<String, LabError> {
         let out = Command::new(self.bin.tool("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
             .arg(self.port(node).to_string())
-            .args(["-U", &self.user, "-d", "postgres", "-c", sql])
-            .env("PGPASSWORD", &self.password)
+            .args(["-U", user, "-d", "postgres", "-c", sql])
+            .env("PGPASSWORD", password)
             .env("PGCONNECT_TIMEOUT", "5")
             .env_remove("PGSERVICE")
             .stdin(Stdio::null())
@@ -453,6 +479,7 @@ impl PgPair {
               fsync = off\n\
               shared_buffers = 32MB\n\
               max_connections = 50\n\
+              max_prepared_transactions = 4\n\
               log_line_prefix = '%m [%p] %q%u@%d '\n",
         )?;
         Ok(())

@@ -834,3 +834,427 @@ fn a_failed_failover_unfences_unless_the_standby_may_have_been_promoted() {
     assert!(fenced(&pair), "the old primary was unfenced after the promotion");
     assert!(!pair.in_recovery(Node::Standby).unwrap());
 }
+
+/// A closed loopback port (nothing listens on it).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn status<'a>(run: &'a Value, id: &str) -> &'a str {
+    text(&step(run, id)["status"])
+}
+
+#[test]
+fn assume_lost_takes_only_an_unreachable_primary_for_lost() {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    // Fence and promotion side by side, so that the promotion's own gate decides.
+    lab_runbook_parallel(&pair, |lab| {
+        // A wrong password is an answer from the server: a failed fence, never a lost site.
+        let (_, run, stderr) = lab.run(&["failover", "lost", "--yes"], &[]);
+        assert_ne!(run["outcome"], "passed", "{run:#}\n{stderr}");
+        assert_eq!(status(&run, "fence"), "failed", "{run:#}");
+        let err = text(&step(&run, "fence")["error"]);
+        assert!(
+            err.contains("password authentication failed") && err.contains("only an unreachable primary"),
+            "{err}"
+        );
+        assert_ne!(status(&run, "promote"), "ok", "{run:#}");
+        if status(&run, "promote") == "failed" {
+            assert!(
+                text(&step(&run, "promote")["error"]).contains("refusing to promote"),
+                "{run:#}"
+            );
+        }
+    });
+    assert!(pair.in_recovery(Node::Standby).unwrap(), "promoted on a wrong password");
+    assert!(!fenced(&pair));
+
+    // A closed port is unreachable: recorded as assumed lost. The real primary is alive
+    // and the standby still streams from it, so the promotion still refuses.
+    let lab = Lab {
+        east: pair.url_with_port(closed_port()),
+        ..Lab::new(&pair)
+    };
+    lab.runbook(
+        "lost",
+        "name: lost
+service: svc
+assume_lost: true
+steps:
+  - {id: fence, ci: db, uses: postgres.fence, with: {database: db-east}}
+  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence]}
+",
+    );
+    let (_, run, stderr) = lab.run(&["failover", "lost", "--yes", "--ack"], &[]);
+    assert_eq!(status(&run, "fence"), "ok", "{run:#}\n{stderr}");
+    let fence = text(&step(&run, "fence")["summary"]);
+    assert!(
+        fence.contains("unreachable (connection refused)") && fence.contains("assume_lost"),
+        "{fence}"
+    );
+    assert_eq!(status(&run, "promote"), "failed", "{run:#}");
+    let err = text(&step(&run, "promote")["error"]);
+    assert!(err.contains("still streams WAL") && err.contains("not lost"), "{err}");
+    assert!(pair.in_recovery(Node::Standby).unwrap());
+}
+
+/// Runs `body` with a runbook `lost` (assume_lost, fence and promote in parallel)
+/// whose primary URL has a wrong password.
+fn lab_runbook_parallel(pair: &PgPair, body: impl FnOnce(&Lab)) {
+    let lab = Lab {
+        east: pair.primary_url().replace(pair.password(), "notthepassword42"),
+        ..Lab::new(pair)
+    };
+    lab.runbook(
+        "lost",
+        "name: lost
+service: svc
+assume_lost: true
+steps:
+  - {id: fence, ci: db, uses: postgres.fence, with: {database: db-east}}
+  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}}
+",
+    );
+    body(&lab);
+}
+
+const OTHER: &str = "DROVER_IT_PG_OTHER";
+const STBY: &str = "DROVER_IT_PG_STBY";
+
+#[test]
+fn promote_needs_a_fence_of_its_own_primary_not_of_another_cluster_or_a_standby() {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    let other = PgPair::start_single().expect("start an unrelated PostgreSQL server");
+    let lab = Lab::new(&pair);
+    lab.fx.write(
+        "drover.yaml",
+        &CONFIG.replace(
+            "cmdb: cmdb.yaml",
+            "  - {name: db-other, site: east, kind: postgres, url: {env: DROVER_IT_PG_OTHER}}\n  - {name: db-stby, site: west, kind: postgres, url: {env: DROVER_IT_PG_STBY}}\ncmdb: cmdb.yaml",
+        ),
+    );
+    let env = [(OTHER, other.primary_url()), (STBY, pair.standby_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let runbook = |name: &str, fenced: &str, extra: &str| {
+        lab.runbook(
+            name,
+            &format!(
+                "name: {name}
+service: svc
+{extra}steps:
+  - {{id: fence, ci: db, uses: postgres.fence, with: {{database: {fenced}}}}}
+  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [fence]}}
+"
+            ),
+        );
+    };
+    runbook("other", "db-other", "");
+    runbook("standby", "db-stby", "");
+    runbook("other-lost", "db-other", "assume_lost: true\n");
+
+    for (name, why) in [
+        ("other", "is another database cluster"),
+        ("standby", "was a standby (in recovery) when fenced"),
+        ("other-lost", "is another database cluster"),
+    ] {
+        let (_, run, stderr) = lab.run(&["failover", name, "--yes", "--ack"], &env);
+        assert_eq!(run["outcome"], "failed", "{name}: {run:#}\n{stderr}");
+        assert_eq!(status(&run, "fence"), "ok", "{name}: {run:#}");
+        assert_eq!(status(&run, "promote"), "failed", "{name}: {run:#}");
+        let err = text(&step(&run, "promote")["error"]);
+        assert!(
+            err.contains("refusing to promote `db-west`")
+                && err.contains("no fence of the primary it replicates from")
+                && err.contains(why),
+            "{name}: {err}"
+        );
+        assert!(pair.in_recovery(Node::Standby).unwrap(), "{name}: promoted");
+        // The fence was undone by the rollback.
+        assert_eq!(
+            other.sql(Node::Primary, "SHOW default_transaction_read_only").unwrap(),
+            "off",
+            "{name}"
+        );
+    }
+    assert_eq!(
+        pair.sql(
+            Node::Standby,
+            "SELECT setting FROM pg_file_settings WHERE name = 'default_transaction_read_only'"
+        )
+        .unwrap(),
+        "",
+        "the standby's fence was undone"
+    );
+}
+
+#[test]
+fn the_fence_resets_role_and_database_overrides_and_the_unfence_restores_them() {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    pair.sql(Node::Primary, "CREATE ROLE app LOGIN PASSWORD 'apppass42'")
+        .unwrap();
+    for sql in [
+        "CREATE TABLE app_t (x int)",
+        "GRANT INSERT ON app_t TO app",
+        "ALTER ROLE app SET default_transaction_read_only = off",
+        "ALTER ROLE app IN DATABASE postgres SET default_transaction_read_only = 'false'",
+        "ALTER DATABASE template1 SET default_transaction_read_only = no",
+        // One that agrees with the fence stays as it is.
+        "CREATE ROLE reader",
+        "ALTER ROLE reader SET default_transaction_read_only = on",
+    ] {
+        pair.sql(Node::Primary, sql).unwrap();
+    }
+    let settings = || {
+        pair.sql(
+            Node::Primary,
+            "SELECT coalesce(r.rolname, '*') || '/' || coalesce(d.datname, '*') || '=' || array_to_string(s.setconfig, ',') \
+             FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole \
+             LEFT JOIN pg_database d ON d.oid = s.setdatabase ORDER BY 1",
+        )
+        .unwrap()
+    };
+    let before = settings();
+    assert_eq!(
+        before,
+        "*/template1=default_transaction_read_only=no\napp/*=default_transaction_read_only=off\n\
+         app/postgres=default_transaction_read_only=false\nreader/*=default_transaction_read_only=on"
+    );
+    // Before the fence the role writes.
+    pair.sql_as(Node::Primary, "app", "apppass42", "INSERT INTO app_t VALUES (1)")
+        .unwrap();
+
+    // The promotion will fail (the standby's port is closed): the fence is undone.
+    let lab = Lab {
+        west: pair.url_with_port(closed_port()),
+        ..Lab::new(&pair)
+    };
+    lab.runbook(
+        "overrides",
+        &format!(
+            "name: overrides
+service: svc
+steps:
+  - {{id: fence, ci: db, uses: postgres.fence, with: {{database: db-east}}}}
+  - {{id: gate, ci: db, uses: exec.run, with: {{command: [sh, -c, \"{GATE}\"]}}, needs: [fence]}}
+  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [gate]}}
+"
+        ),
+    );
+    let child = lab.spawn(&["failover", "overrides", "--yes"]);
+    lab.wait_for("gate.started", Duration::from_secs(60));
+    // Fenced: the role that had `default_transaction_read_only = off` cannot write.
+    let refused = pair
+        .sql_as(Node::Primary, "app", "apppass42", "INSERT INTO app_t VALUES (2)")
+        .expect_err("the role with an override still writes after the fence");
+    assert!(refused.to_string().contains("read-only transaction"), "{refused}");
+    assert_eq!(
+        settings(),
+        "reader/*=default_transaction_read_only=on",
+        "the overrides were not reset"
+    );
+    lab.fx.write("go", "");
+    let (_, run, stderr) = finish(child);
+    assert_eq!(run["outcome"], "failed", "{run:#}\n{stderr}");
+    let summary = text(&step(&run, "fence")["summary"]);
+    assert!(
+        summary.contains("overrides reset")
+            && summary.contains("ALTER ROLE app SET default_transaction_read_only = off"),
+        "{summary}"
+    );
+    // The compensation restored them exactly, and the role writes again.
+    assert_eq!(settings(), before);
+    assert!(!fenced(&pair));
+    pair.sql_as(Node::Primary, "app", "apppass42", "INSERT INTO app_t VALUES (3)")
+        .unwrap();
+    assert_eq!(
+        pair.sql(Node::Primary, "SELECT string_agg(x::text, ',' ORDER BY x) FROM app_t")
+            .unwrap(),
+        "1,3"
+    );
+}
+
+#[test]
+fn a_fence_that_cannot_end_a_session_or_has_prepared_transactions_fails_and_undoes_itself() {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    // drover fences as a role that may fence but may not end a superuser's session.
+    for sql in [
+        "CREATE ROLE fencer LOGIN PASSWORD 'fencerpass42'",
+        "GRANT pg_signal_backend, pg_read_all_settings, pg_read_all_stats TO fencer",
+        "GRANT ALTER SYSTEM ON PARAMETER default_transaction_read_only TO fencer",
+        "GRANT EXECUTE ON FUNCTION pg_reload_conf() TO fencer",
+    ] {
+        pair.sql(Node::Primary, sql).unwrap();
+    }
+    let lab = Lab {
+        east: pair
+            .primary_url()
+            .replace(&format!("drover:{}", pair.password()), "fencer:fencerpass42"),
+        ..Lab::new(&pair)
+    };
+    lab.runbook(
+        "fence",
+        "name: fence
+service: svc
+steps:
+  - {id: fence, ci: db, uses: postgres.fence, with: {database: db-east}}
+",
+    );
+    // A superuser's session, busy.
+    let mut busy = std::process::Command::new(pair.bin().tool("psql"))
+        .args(["-X", "-h", "127.0.0.1", "-p"])
+        .arg(pair.port(Node::Primary).to_string())
+        .args(["-U", pair.user(), "-d", "postgres", "-c", "SELECT pg_sleep(60)"])
+        .env("PGPASSWORD", pair.password())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drover_lab::postgres::wait_until("the busy session", Duration::from_secs(10), || {
+        Ok(pair.sql(
+            Node::Primary,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'",
+        )? == "1")
+    })
+    .unwrap();
+    let (_, run, stderr) = lab.run(&["failover", "fence", "--yes"], &[]);
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert_eq!(run["outcome"], "failed", "{run:#}\n{stderr}");
+    let err = text(&step(&run, "fence")["error"]);
+    assert!(
+        err.contains("could not be ended") && err.contains("the incomplete fence was undone"),
+        "{err}"
+    );
+    assert!(!fenced(&pair), "a failed fence left the primary read-only");
+
+    // A prepared transaction could be committed after the fence: the fence fails.
+    let lab = Lab::new(&pair);
+    lab.runbook("fence", &lab_fence_runbook());
+    pair.sql(Node::Primary, "CREATE TABLE p (x int)").unwrap();
+    pair.sql(
+        Node::Primary,
+        "BEGIN; INSERT INTO p VALUES (1); PREPARE TRANSACTION 'pending'",
+    )
+    .unwrap();
+    let (_, run, stderr) = lab.run(&["failover", "fence", "--yes", "--ack"], &[]);
+    assert_eq!(run["outcome"], "failed", "{run:#}\n{stderr}");
+    let err = text(&step(&run, "fence")["error"]);
+    assert!(
+        err.contains("prepared transaction") && err.contains("\"pending\"") && err.contains("undone"),
+        "{err}"
+    );
+    assert!(!fenced(&pair));
+    pair.sql(Node::Primary, "ROLLBACK PREPARED 'pending'").unwrap();
+    let (_, run, stderr) = lab.run(&["failover", "fence", "--yes", "--ack"], &[]);
+    assert_eq!(status(&run, "fence"), "ok", "{run:#}\n{stderr}");
+    assert!(fenced(&pair));
+}
+
+fn lab_fence_runbook() -> String {
+    "name: fence
+service: svc
+steps:
+  - {id: fence, ci: db, uses: postgres.fence, with: {database: db-east}}
+"
+    .into()
+}
+
+#[test]
+fn rpo_reads_only_the_fenced_databases_heartbeat_up_to_the_fence_instant() {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    let other = PgPair::start_single().expect("start an unrelated PostgreSQL server");
+    let lab = Lab::new(&pair);
+    lab.fx.write(
+        "drover.yaml",
+        &CONFIG.replace(
+            "cmdb: cmdb.yaml",
+            "  - {name: db-other, site: east, kind: postgres, url: {env: DROVER_IT_PG_OTHER}}\ncmdb: cmdb.yaml",
+        ),
+    );
+    let other_url = other.primary_url();
+    let env = [(OTHER, other_url.as_str())];
+    // The promoted standby has a heartbeat table (of earlier runs), just not this run's
+    // rows: a fallback to the unrelated heartbeat would make up a figure from it.
+    pair.sql(
+        Node::Primary,
+        "CREATE TABLE drover_heartbeat (id bigserial PRIMARY KEY, run_id text NOT NULL, at timestamptz NOT NULL)",
+    )
+    .unwrap();
+    pair.wait_caught_up(Duration::from_secs(10)).unwrap();
+
+    // A heartbeat on an unrelated database says nothing about the data of db-east.
+    lab.runbook(
+        "unrelated",
+        "name: unrelated
+service: svc
+steps:
+  - {id: heartbeat, ci: db, uses: postgres.heartbeat, with: {database: db-other, interval: 200ms}}
+  - {id: fence, ci: db, uses: postgres.fence, with: {database: db-east}, needs: [heartbeat]}
+  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence]}
+",
+    );
+    let (code, run, stderr) = lab.run(&["failover", "unrelated", "--yes"], &env);
+    assert_eq!(code, 0, "{run:#}\n{stderr}");
+    assert!(
+        run["rpo"]["achieved_s"].is_null(),
+        "an RPO from an unrelated heartbeat: {run:#}"
+    );
+    assert!(
+        text(&step(&run, "promote")["summary"]).contains("no postgres.heartbeat step on `db-east`"),
+        "{run:#}"
+    );
+}
+
+#[test]
+fn rpo_ignores_heartbeat_rows_newer_than_the_fence() {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    let lab = Lab::new(&pair);
+    lab.runbook("late", &failover("late", "true", "").replace(
+        "  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence], timeout: 1m}\n",
+        &format!(
+            "  - {{id: gate, ci: db, uses: exec.run, with: {{command: [sh, -c, \"{GATE}\"]}}, needs: [fence]}}\n  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [gate], timeout: 1m}}\n"
+        ),
+    ));
+    let child = lab.spawn(&["failover", "late", "--yes"]);
+    lab.wait_for("gate.started", Duration::from_secs(60));
+    let out = lab
+        .fx
+        .drover()
+        .args(["runs", "list", "--format", "json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = text(&list[0]["id"]).to_owned();
+    // A session that opts out of the fence (the documented limit: `SET` in a session)
+    // writes a heartbeat row of this run dated after the fence; it reaches the standby.
+    pair.sql(
+        Node::Primary,
+        &format!("BEGIN READ WRITE; INSERT INTO drover_heartbeat (run_id, at) VALUES ('{id}', now() + interval '1 second'); COMMIT"),
+    )
+    .unwrap();
+    lab.fx.write("go", "");
+    let (code, run, stderr) = finish(child);
+    assert_eq!(code, 0, "{run:#}\n{stderr}");
+    let summary = text(&step(&run, "promote")["summary"]);
+    let at = |label: &str| -> String {
+        summary
+            .split(label)
+            .nth(1)
+            .and_then(|s| s.split([',', ')']).next())
+            .unwrap_or_else(|| panic!("no {label} in {summary}"))
+            .trim()
+            .to_owned()
+    };
+    let (fence, newest) = (at("(fence "), at("newest heartbeat "));
+    assert!(
+        newest <= fence,
+        "the RPO used a heartbeat newer than the fence: {summary}"
+    );
+    let rpo = run["rpo"]["achieved_s"].as_f64().unwrap_or_else(|| panic!("{run:#}"));
+    assert!(rpo > 0.0 && rpo <= INTERVAL_S + 0.5, "RPO {rpo}: {summary}");
+}

@@ -229,6 +229,16 @@ impl Target {
     /// Connects, within the connect timeout (and `deadline`), or fails with a
     /// message naming the database by its config name.
     pub(crate) async fn connect(&self, cancel: &CancellationToken, deadline: Instant) -> Result<Db, ActionError> {
+        self.try_connect(cancel, deadline).await.map_err(|f| f.error)
+    }
+
+    /// Like [`Self::connect`], and says whether the failure means the server is
+    /// unreachable (see [`Unreachable`]): what `assume_lost` may treat as a lost site.
+    pub(crate) async fn try_connect(
+        &self,
+        cancel: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<Db, ConnectFailure> {
         let limit = self
             .config
             .get_connect_timeout()
@@ -257,7 +267,7 @@ impl Target {
         };
         let result = tokio::select! {
             r = tokio::time::timeout(limit, attempt) => r,
-            () = cancel.cancelled() => return Err(ActionError::Cancelled),
+            () = cancel.cancelled() => return Err(ConnectFailure { error: ActionError::Cancelled, unreachable: None }),
         };
         let fail = |detail: String| {
             self.redact
@@ -270,24 +280,100 @@ impl Target {
                 redact: self.redact.clone(),
                 cancel: cancel.clone(),
             }),
-            Ok(Err(Failure::Tls(e))) => Err(ActionError::Permanent(fail(e))),
+            Ok(Err(Failure::Tls(e))) => Err(ConnectFailure {
+                error: ActionError::Permanent(fail(e)),
+                unreachable: None,
+            }),
             Ok(Err(Failure::Pg(e))) => {
                 let permanent = e
                     .code()
                     .is_some_and(|c| c.code().starts_with("28") || c == &SqlState::INVALID_CATALOG_NAME);
+                let unreachable = unreachable(&e);
                 let msg = fail(error_text(&e));
-                Err(if permanent {
-                    ActionError::Permanent(msg)
-                } else {
-                    ActionError::Retryable(msg)
+                Err(ConnectFailure {
+                    error: if permanent {
+                        ActionError::Permanent(msg)
+                    } else {
+                        ActionError::Retryable(msg)
+                    },
+                    unreachable,
                 })
             }
-            Err(_) => Err(ActionError::Retryable(fail(format!(
-                "no answer within {} (connect timeout)",
-                humantime::format_duration(limit)
-            )))),
+            Err(_) => Err(ConnectFailure {
+                error: ActionError::Retryable(fail(format!(
+                    "no answer within {} (connect timeout)",
+                    humantime::format_duration(limit)
+                ))),
+                unreachable: Some(Unreachable::Timeout),
+            }),
         }
     }
+}
+
+/// Why a server could not be reached at all: the only failures that `assume_lost` may
+/// take for a lost site. Everything else (a wrong password, a TLS failure, any answer
+/// from the server, an error response included, a name that does not resolve) means
+/// the server, or something in front of it, is there or the configuration is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreachable {
+    /// Nothing listens on the port (`ECONNREFUSED`).
+    Refused,
+    /// No answer within the connect timeout, at the TCP level or at the start of the
+    /// protocol (a server that accepts the connection and never speaks).
+    Timeout,
+    /// `EHOSTUNREACH`.
+    NoRoute,
+    /// `ENETUNREACH`.
+    NoNetwork,
+}
+
+impl Unreachable {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Unreachable::Refused => "connection refused",
+            Unreachable::Timeout => "timeout",
+            Unreachable::NoRoute => "no route to host",
+            Unreachable::NoNetwork => "network unreachable",
+        }
+    }
+
+    fn of_io(e: &std::io::Error) -> Option<Unreachable> {
+        use std::io::ErrorKind;
+        // Linux errno values, in case the kind is not mapped.
+        const ECONNREFUSED: i32 = 111;
+        const ETIMEDOUT: i32 = 110;
+        const EHOSTUNREACH: i32 = 113;
+        const ENETUNREACH: i32 = 101;
+        match (e.kind(), e.raw_os_error()) {
+            (ErrorKind::ConnectionRefused, _) | (_, Some(ECONNREFUSED)) => Some(Unreachable::Refused),
+            (ErrorKind::TimedOut, _) | (_, Some(ETIMEDOUT)) => Some(Unreachable::Timeout),
+            (ErrorKind::HostUnreachable, _) | (_, Some(EHOSTUNREACH)) => Some(Unreachable::NoRoute),
+            (ErrorKind::NetworkUnreachable, _) | (_, Some(ENETUNREACH)) => Some(Unreachable::NoNetwork),
+            _ => None,
+        }
+    }
+}
+
+/// The unreachability a client error shows, if any: never for an answer of the server.
+fn unreachable(e: &tokio_postgres::Error) -> Option<Unreachable> {
+    if e.as_db_error().is_some() {
+        return None;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Unreachable::of_io(io);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// A failed connection attempt: the error, and whether it means "unreachable".
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectFailure {
+    pub error: ActionError,
+    pub unreachable: Option<Unreachable>,
 }
 
 enum Failure {
@@ -590,6 +676,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
+        let failure = t
+            .try_connect(&CancellationToken::new(), Instant::now() + Duration::from_secs(60))
+            .await
+            .expect_err("a closed port refuses");
+        assert_eq!(failure.unreachable, Some(Unreachable::Refused));
         assert!(matches!(err, ActionError::Retryable(_)), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("cannot connect to database `db-east`"), "{msg}");
@@ -606,16 +697,59 @@ mod tests {
         )
         .unwrap();
         let started = Instant::now();
-        let err = t
-            .connect(&CancellationToken::new(), Instant::now() + Duration::from_secs(60))
+        let failure = t
+            .try_connect(&CancellationToken::new(), Instant::now() + Duration::from_secs(60))
             .await
-            .unwrap_err();
+            .expect_err("a silent server times out");
         let took = started.elapsed();
+        assert_eq!(failure.unreachable, Some(Unreachable::Timeout));
+        let err = failure.error;
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_secs(3),
             "{took:?}"
         );
         assert!(err.to_string().contains("connect timeout"), "{err}");
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn any_answer_of_the_server_is_not_unreachable() {
+        use std::io::{Read, Write};
+        // A "server" that answers the startup message with an error response.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let mut body = Vec::new();
+                for (k, v) in [
+                    (b'S', "FATAL"),
+                    (b'C', "57P03"),
+                    (b'M', "the database system is starting up"),
+                ] {
+                    body.push(k);
+                    body.extend_from_slice(v.as_bytes());
+                    body.push(0);
+                }
+                body.push(0);
+                let mut msg = vec![b'E'];
+                msg.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+                msg.extend_from_slice(&body);
+                let _ = s.write_all(&msg);
+            }
+        });
+        let t = Target::from_url(
+            "db-east",
+            &format!("postgres://drover:s3cretpass@127.0.0.1:{port}/db?sslmode=disable&connect_timeout=5"),
+        )
+        .unwrap();
+        let failure = t
+            .try_connect(&CancellationToken::new(), Instant::now() + Duration::from_secs(60))
+            .await
+            .expect_err("the server refuses");
+        server.join().unwrap();
+        assert_eq!(failure.unreachable, None, "{:?}", failure.error);
+        assert!(failure.error.to_string().contains("starting up"), "{}", failure.error);
     }
 }

@@ -1,31 +1,53 @@
 //! `postgres.fence`: the old primary refuses writes, and drover has seen it refuse.
 //!
-//! 1. `ALTER SYSTEM SET default_transaction_read_only = on` and `pg_reload_conf()`:
-//!    every new transaction, in every session, is read-only.
-//! 2. Every other client session is terminated (`pg_terminate_backend`, then waiting
-//!    until they have exited), so no transaction that began read-write can still commit.
-//! 3. Observed, not assumed: a new session tries a write (a temporary table in a
-//!    transaction that is rolled back) until the server refuses it as read-only.
+//! Before it changes anything the step journals a checkpoint of what it will change
+//! (the `ALTER SYSTEM` value of `default_transaction_read_only`, the role and database
+//! overrides of it in `pg_db_role_setting`, the standbys then streaming), so that the
+//! compensation restores exactly that, also when the outcome of the fence is unknown.
 //!
-//! The fence instant (wall clock, when the refusal was seen), the primary's WAL
-//! position at that instant and the standbys then streaming from it are recorded;
-//! `postgres.promote` measures RPO and the lag at the fence from them.
+//! 1. Overrides that would let a role or database start read-write transactions
+//!    (`ALTER ROLE app SET default_transaction_read_only = off`, `ALTER DATABASE ...`,
+//!    `ALTER ROLE ... IN DATABASE ...`, `ALTER ROLE ALL ...`) are reset: they take
+//!    precedence over `ALTER SYSTEM`.
+//! 2. `ALTER SYSTEM SET default_transaction_read_only = on` and `pg_reload_conf()`:
+//!    every new transaction, in every session, is read-only by default.
+//! 3. Every other client session is terminated and drover waits until they have
+//!    exited, so that no transaction that began read-write can still commit. A session
+//!    that cannot be ended fails the fence (retryable), as do prepared transactions
+//!    (`COMMIT PREPARED` is allowed in a read-only transaction).
+//! 4. Observed, not assumed: a new session tries a write (a temporary table in a
+//!    transaction that is rolled back) until the server refuses it as read-only, and
+//!    no overriding setting is left in `pg_db_role_setting`.
+//!
+//! A fence that fails after it has changed something undoes its change from the
+//! checkpoint before it reports the failure (the engine compensates completed steps
+//! only), so a failed fence does not leave a primary read-only with nobody promoted.
+//!
+//! Recorded: the fence instant (wall clock, when the refusal was seen), the primary's
+//! WAL position at that instant, its `system_identifier` and whether it was in
+//! recovery (`postgres.promote` accepts only a fence of its standby's own primary),
+//! the standbys then streaming from it, the newest heartbeat row of this run on it.
 //!
 //! An unreachable primary cannot be observed fenced: the step fails, unless the runbook
-//! declares the site lost (`assume_lost: true`), when it succeeds with
-//! `assumed_lost: true` in its output (recorded in the journal). The fence instant is
-//! then the first failed heartbeat write after the last acknowledged one when this
-//! process saw it, else the moment the site was declared lost.
+//! declares the site lost (`assume_lost: true`) and the failure is one of the
+//! unreachable kinds ([`Unreachable`]: refused, timeout, no route, network
+//! unreachable); then it succeeds with `assumed_lost: true` in its output. A wrong
+//! password, a TLS failure or any answer from the server is a failed fence, never a
+//! lost site. The fence instant is then the first failed heartbeat write after the
+//! last acknowledged one, both seen by this process's heartbeat writer at the time the
+//! fence runs, else the moment the fence found the primary unreachable; whichever it
+//! is, it is journaled in the step's output, where every later step (and a resumed
+//! process) reads it.
 //!
-//! The compensation unfences (`ALTER SYSTEM RESET default_transaction_read_only`,
-//! reload, and a write observed to succeed), except when a standby that streamed from
+//! The compensation restores the checkpoint, except when a standby that streamed from
 //! the primary at the fence no longer does: it may have been promoted, and unfencing
 //! would leave two writable primaries, so the compensation refuses (the run is then
 //! stuck and an operator decides).
 //!
-//! This is a fence against well-behaved clients: a superuser session can still
-//! `SET default_transaction_read_only = off`. Fencing at the network or the service
-//! manager is stronger and can be added as a step of its own.
+//! What this cannot do: a session may still `SET default_transaction_read_only = off`
+//! or `BEGIN READ WRITE` (the setting is a default, not a lock), a client may pass it
+//! in its startup options, and a superuser session opened later may undo everything.
+//! docs/POSTGRES.md says how to fence harder (stop the server, cut its network).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -33,10 +55,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use drover_model::{Issue, Located, Node, ParamCx};
 use drover_plugin_api::{Action, ActionClass, ActionError, ActionSpec, Preview, StepContext, StepOutput};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::conn::{Db, Target};
-use crate::{DatabaseParams, now_unix, rfc3339};
+use crate::conn::{Db, SqlError, Target, Unreachable};
+use crate::{DatabaseParams, is_identifier, now_unix, rfc3339};
 
 /// `postgres.fence`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,6 +67,8 @@ pub struct Fence;
 
 /// How long a fence (or unfence) may take to be observed in a new session.
 const OBSERVE_FOR: Duration = Duration::from_secs(10);
+/// How long terminated sessions may take to exit.
+const SESSIONS_EXIT_WITHIN: Duration = Duration::from_secs(5);
 
 impl ActionSpec for Fence {
     fn kind(&self) -> &str {
@@ -60,6 +85,234 @@ impl ActionSpec for Fence {
     }
 }
 
+/// A setting of `default_transaction_read_only` for a role and/or a database
+/// (`pg_db_role_setting`); it takes precedence over `ALTER SYSTEM`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Override {
+    /// `None`: every role (`ALTER ROLE ALL` or `ALTER DATABASE`).
+    pub role: Option<String>,
+    /// `None`: every database.
+    pub database: Option<String>,
+    pub value: String,
+}
+
+impl Override {
+    /// Whether sessions it applies to would start read-write transactions.
+    fn defeats_fence(&self) -> bool {
+        parse_bool(&self.value) != Some(true)
+    }
+
+    /// The `format()` template and arguments of the statement that resets it
+    /// (`value: None`) or sets it to `value`.
+    fn alter(&self, value: Option<&str>) -> (String, Vec<String>) {
+        let mut args = Vec::new();
+        let target = match (&self.role, &self.database) {
+            (Some(r), Some(d)) => {
+                args.extend([r.clone(), d.clone()]);
+                "ALTER ROLE %I IN DATABASE %I"
+            }
+            (Some(r), None) => {
+                args.push(r.clone());
+                "ALTER ROLE %I"
+            }
+            (None, Some(d)) => {
+                args.push(d.clone());
+                "ALTER DATABASE %I"
+            }
+            (None, None) => "ALTER ROLE ALL",
+        };
+        let action = match value {
+            Some(v) => {
+                args.push(v.to_owned());
+                " SET default_transaction_read_only = %L"
+            }
+            None => " RESET default_transaction_read_only",
+        };
+        (format!("{target}{action}"), args)
+    }
+
+    /// How people would write it.
+    fn describe(&self) -> String {
+        let target = match (&self.role, &self.database) {
+            (Some(r), Some(d)) => format!("ALTER ROLE {r} IN DATABASE {d}"),
+            (Some(r), None) => format!("ALTER ROLE {r}"),
+            (None, Some(d)) => format!("ALTER DATABASE {d}"),
+            (None, None) => "ALTER ROLE ALL".to_owned(),
+        };
+        format!("{target} SET default_transaction_read_only = {}", self.value)
+    }
+}
+
+/// PostgreSQL's boolean spellings (`parse_bool` in the server): `on`/`off`, prefixes
+/// of `true`/`false`/`yes`/`no`, `1`/`0`, any case.
+fn parse_bool(v: &str) -> Option<bool> {
+    let v = v.trim().to_ascii_lowercase();
+    let prefix_of = |word: &str| !v.is_empty() && word.starts_with(v.as_str());
+    match v.as_str() {
+        "on" | "1" => Some(true),
+        "off" | "of" | "0" => Some(false),
+        _ if prefix_of("true") || prefix_of("yes") => Some(true),
+        _ if prefix_of("false") || prefix_of("no") => Some(false),
+        _ => None,
+    }
+}
+
+/// What the fence changes, as it was before: the checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Prior {
+    /// `default_transaction_read_only` in `postgresql.auto.conf` (`ALTER SYSTEM`);
+    /// `None` when not set there.
+    pub auto_conf: Option<String>,
+    /// Every override of it in `pg_db_role_setting`.
+    pub overrides: Vec<Override>,
+    /// The standbys streaming from it.
+    pub standbys: Vec<Value>,
+    /// It was a standby: it refuses writes whatever the settings.
+    #[serde(default)]
+    pub in_recovery: bool,
+}
+
+impl Prior {
+    /// Whether the server was fenced already (by `ALTER SYSTEM`) before this step.
+    fn was_fenced(&self) -> bool {
+        self.auto_conf.as_deref().and_then(parse_bool) == Some(true)
+    }
+}
+
+fn read_err(e: SqlError) -> ActionError {
+    e.into_action("unexpected answer", false)
+}
+
+/// The overrides of `default_transaction_read_only` in `pg_db_role_setting`.
+async fn overrides(db: &Db) -> Result<Vec<Override>, ActionError> {
+    let rows = db
+        .rows(
+            "SELECT r.rolname::text, d.datname::text, \
+             substr(c.cfg, length('default_transaction_read_only=') + 1) \
+             FROM pg_db_role_setting s \
+             LEFT JOIN pg_roles r ON r.oid = s.setrole \
+             LEFT JOIN pg_database d ON d.oid = s.setdatabase \
+             CROSS JOIN LATERAL unnest(s.setconfig) AS c(cfg) \
+             WHERE lower(c.cfg) LIKE 'default\\_transaction\\_read\\_only=%' \
+             ORDER BY 1 NULLS FIRST, 2 NULLS FIRST",
+            &[],
+        )
+        .await
+        .map_err(|e| e.into_action("cannot read its role and database settings (pg_db_role_setting)", false))?;
+    rows.iter()
+        .map(|r| {
+            Ok(Override {
+                role: db.get(r, 0).map_err(read_err)?,
+                database: db.get(r, 1).map_err(read_err)?,
+                value: db.get(r, 2).map_err(read_err)?,
+            })
+        })
+        .collect()
+}
+
+/// Runs `ALTER ROLE/DATABASE ...` for `o`, quoted by the server's `format()`.
+async fn alter(db: &Db, o: &Override, value: Option<&str>, what: &str) -> Result<(), ActionError> {
+    let (template, args) = o.alter(value);
+    let row = db
+        .one("SELECT format($1, VARIADIC $2::text[])", &[&template, &args])
+        .await
+        .map_err(|e| e.into_action("cannot quote a statement", false))?;
+    let sql: String = db.get(&row, 0).map_err(read_err)?;
+    db.batch(&sql)
+        .await
+        .map_err(|e| e.into_action(&format!("cannot {what} `{}`", o.describe()), true))
+}
+
+/// The `ALTER SYSTEM` value of `default_transaction_read_only`, from
+/// `pg_file_settings` (the file as it is), or for a role that may not read that view
+/// (superusers only) from `pg_settings` (the value in force, whose source file
+/// `pg_read_all_settings` may see).
+async fn auto_conf(db: &Db) -> Result<Option<String>, ActionError> {
+    let from_file = db
+        .one(
+            "SELECT (SELECT setting FROM pg_file_settings WHERE name = 'default_transaction_read_only' \
+             AND sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1)",
+            &[],
+        )
+        .await;
+    let row = match from_file {
+        Ok(row) => row,
+        Err(e) if e.code.as_ref() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => db
+            .one(
+                "SELECT (SELECT setting FROM pg_settings WHERE name = 'default_transaction_read_only' \
+                 AND sourcefile LIKE '%postgresql.auto.conf')",
+                &[],
+            )
+            .await
+            .map_err(|e| e.into_action("cannot read its ALTER SYSTEM settings (pg_settings)", false))?,
+        Err(e) => return Err(e.into_action("cannot read its ALTER SYSTEM settings (pg_file_settings)", false)),
+    };
+    db.get(&row, 0).map_err(read_err)
+}
+
+/// drover's own session administers the fence: it must not be read-only itself (a
+/// primary fenced before, a setting of drover's role), or it could not change roles.
+async fn admin_session(db: &Db) -> Result<(), ActionError> {
+    db.batch("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| e.into_action("cannot make its own session read-write", false))
+}
+
+/// The prior state, read before the fence changes anything.
+async fn read_prior(db: &Db) -> Result<Prior, ActionError> {
+    let in_recovery = {
+        let r = db
+            .one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| e.into_action("cannot query it", false))?;
+        db.get::<bool>(&r, 0).map_err(read_err)?
+    };
+    Ok(Prior {
+        auto_conf: auto_conf(db).await?,
+        overrides: overrides(db).await?,
+        standbys: if in_recovery { Vec::new() } else { standbys(db).await? },
+        in_recovery,
+    })
+}
+
+/// Puts back what [`read_prior`] saw: the overrides the fence reset, the `ALTER
+/// SYSTEM` value, and observes the result (writes accepted again unless the server
+/// was fenced before).
+async fn restore(db: &Db, target: &Target, cx: &StepContext, prior: &Prior) -> Result<(), ActionError> {
+    let now = overrides(db).await?;
+    for o in prior.overrides.iter().filter(|o| o.defeats_fence()) {
+        if !now.contains(o) {
+            alter(db, o, Some(&o.value), "restore").await?;
+        }
+    }
+    match &prior.auto_conf {
+        None => db
+            .batch("ALTER SYSTEM RESET default_transaction_read_only")
+            .await
+            .map_err(|e| e.into_action("cannot reset default_transaction_read_only", true))?,
+        Some(v) => {
+            let row = db
+                .one(
+                    "SELECT format('ALTER SYSTEM SET default_transaction_read_only = %L', $1::text)",
+                    &[v],
+                )
+                .await
+                .map_err(|e| e.into_action("cannot quote a statement", false))?;
+            let sql: String = db.get(&row, 0).map_err(read_err)?;
+            db.batch(&sql)
+                .await
+                .map_err(|e| e.into_action("cannot restore default_transaction_read_only", true))?;
+        }
+    }
+    db.batch("SELECT pg_reload_conf()")
+        .await
+        .map_err(|e| e.into_action("cannot reload its configuration", true))?;
+    if !prior.was_fenced() && !prior.in_recovery {
+        observe(target, cx, false).await?;
+    }
+    Ok(())
+}
+
 /// The standbys streaming from a primary: identity (application name, client
 /// address) and lag.
 async fn standbys(db: &Db) -> Result<Vec<Value>, ActionError> {
@@ -73,15 +326,14 @@ async fn standbys(db: &Db) -> Result<Vec<Value>, ActionError> {
         )
         .await
         .map_err(|e| e.into_action("cannot list its standbys", false))?;
-    let read = |e: crate::conn::SqlError| e.into_action("unexpected answer", false);
     rows.iter()
         .map(|r| {
             Ok(json!({
-                "application_name": db.get::<Option<String>>(r, 0).map_err(read)?,
-                "client_addr": db.get::<Option<String>>(r, 1).map_err(read)?,
-                "state": db.get::<Option<String>>(r, 2).map_err(read)?,
-                "lag_bytes": db.get::<Option<f64>>(r, 3).map_err(read)?,
-                "replay_lag_s": db.get::<Option<f64>>(r, 4).map_err(read)?,
+                "application_name": db.get::<Option<String>>(r, 0).map_err(read_err)?,
+                "client_addr": db.get::<Option<String>>(r, 1).map_err(read_err)?,
+                "state": db.get::<Option<String>>(r, 2).map_err(read_err)?,
+                "lag_bytes": db.get::<Option<f64>>(r, 3).map_err(read_err)?,
+                "replay_lag_s": db.get::<Option<f64>>(r, 4).map_err(read_err)?,
             }))
         })
         .collect()
@@ -121,12 +373,14 @@ async fn observe(target: &Target, cx: &StepContext, want_refused: bool) -> Resul
             let name = &target.name;
             return Err(ActionError::Retryable(if want_refused {
                 format!(
-                    "`{name}` still accepts writes in new sessions {} after default_transaction_read_only was set: the fence is not observed",
+                    "`{name}` still accepts writes in new sessions {} after default_transaction_read_only was set \
+                     (is it set on the server's command line?): the fence is not observed",
                     humantime::format_duration(OBSERVE_FOR)
                 )
             } else {
                 format!(
-                    "`{name}` still refuses writes after default_transaction_read_only was reset (is it set in postgresql.conf, or is the server a standby?)"
+                    "`{name}` still refuses writes after default_transaction_read_only was restored (is it set in \
+                     postgresql.conf, or is the server a standby?)"
                 )
             }));
         }
@@ -137,24 +391,42 @@ async fn observe(target: &Target, cx: &StepContext, want_refused: bool) -> Resul
     }
 }
 
+/// The heartbeat table of this run's heartbeat step on `database`, from the journal.
+fn heartbeat_table(cx: &StepContext, database: &str) -> Option<String> {
+    cx.facts
+        .completed("postgres.heartbeat")
+        .into_iter()
+        .rev()
+        .find(|(_, o)| o.data["database"].as_str() == Some(database))
+        .and_then(|(_, o)| o.data["table"].as_str().map(str::to_owned))
+        .filter(|t| is_identifier(t))
+}
+
 /// The step's output when the primary is unreachable and the site declared lost.
-fn assumed_lost(cx: &StepContext, name: &str, error: &ActionError) -> StepOutput {
+fn assumed_lost(cx: &StepContext, name: &str, error: &ActionError, kind: Unreachable) -> StepOutput {
     let now = now_unix();
+    // The heartbeat writer of this process, if it saw the primary go away: its first
+    // failed write after its last acknowledged one. A process that did not see both
+    // (a resumed one, when the primary went away while drover was down) has nothing
+    // better than now, which overstates the loss rather than understating it.
     let health = crate::heartbeat::health(&cx.run_id, name);
     let (instant, source) = match health {
-        Some(h) if h.last_ok.is_some() && h.failing_since.is_some() => {
-            (h.failing_since.unwrap_or(now), "the first failed heartbeat write")
-        }
-        _ => (now, "the moment the site was declared lost"),
+        Some(crate::heartbeat::Health {
+            last_ok: Some(_),
+            failing_since: Some(f),
+        }) => (f, "the first failed heartbeat write"),
+        _ => (now, "the moment the fence found it unreachable"),
     };
     StepOutput::new(format!(
-        "`{name}` is unreachable and the runbook declares its site lost (assume_lost): not fenced, recorded; \
+        "`{name}` is unreachable ({}) and the runbook declares its site lost (assume_lost): not fenced, recorded; \
          fence instant {} ({source})",
+        kind.as_str(),
         rfc3339(instant)
     ))
     .with_data(json!({
         "database": name,
         "assumed_lost": true,
+        "unreachable_kind": kind.as_str(),
         "fenced_at": rfc3339(instant),
         "fenced_at_unix": instant,
         "fence_instant_source": source,
@@ -164,13 +436,128 @@ fn assumed_lost(cx: &StepContext, name: &str, error: &ActionError) -> StepOutput
     }))
 }
 
+/// What the fence did, for its output.
+struct Done {
+    neutralised: Vec<Override>,
+    ended: usize,
+    refusal: String,
+}
+
+/// Steps 1-4 of the fence (see the module documentation) on a connected primary.
+async fn apply(db: &Db, target: &Target, cx: &StepContext, in_recovery: bool) -> Result<Done, ActionError> {
+    let name = target.name.as_str();
+    // 1. Overrides that would start read-write transactions for some role or database
+    // (a standby starts none, and cannot change them).
+    let mut neutralised = Vec::new();
+    let found = if in_recovery { Vec::new() } else { overrides(db).await? };
+    for o in found.into_iter().filter(Override::defeats_fence) {
+        alter(db, &o, None, "reset the override").await?;
+        neutralised.push(o);
+    }
+    // 2. Read-only for every new transaction.
+    db.batch("ALTER SYSTEM SET default_transaction_read_only = on")
+        .await
+        .map_err(|e| e.into_action("cannot set default_transaction_read_only", true))?;
+    db.batch("SELECT pg_reload_conf()")
+        .await
+        .map_err(|e| e.into_action("cannot reload its configuration", true))?;
+
+    // 3. End the other client sessions: signal them all, then wait until they are gone.
+    let rows = db
+        .rows(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.into_action("cannot list its sessions", true))?;
+    let (mut signalled, mut not_ended) = (Vec::new(), Vec::new());
+    for r in &rows {
+        let pid: i32 = db.get(r, 0).map_err(read_err)?;
+        match db.one("SELECT pg_terminate_backend($1)", &[&pid]).await {
+            Ok(row) if db.get::<bool>(&row, 0).unwrap_or(false) => signalled.push(pid),
+            Ok(_) => {} // gone already
+            Err(e) if e.cancelled => return Err(ActionError::Cancelled),
+            Err(e) if e.code.is_some() => not_ended.push(format!("{pid}: {}", e.message)),
+            Err(e) => return Err(e.into_action("cannot end its sessions", true)),
+        }
+    }
+    let until = Instant::now() + cx.remaining().min(SESSIONS_EXIT_WITHIN);
+    let mut left = signalled.clone();
+    while !left.is_empty() {
+        let rows = db
+            .rows("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)", &[&left])
+            .await
+            .map_err(|e| e.into_action("cannot list its sessions", true))?;
+        left = rows.iter().filter_map(|r| db.get::<i32>(r, 0).ok()).collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= until {
+            not_ended.extend(left.iter().map(|pid| {
+                format!(
+                    "{pid}: did not exit within {}",
+                    humantime::format_duration(SESSIONS_EXIT_WITHIN)
+                )
+            }));
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            () = cx.cancel.cancelled() => return Err(ActionError::Cancelled),
+        }
+    }
+    if !not_ended.is_empty() {
+        tracing::warn!(database = %name, sessions = ?not_ended, "sessions of the primary being fenced could not be ended");
+        return Err(ActionError::Retryable(format!(
+            "`{name}`: {} session(s) could not be ended ({}); a transaction of theirs that began read-write \
+             could still commit, so the fence is not complete",
+            not_ended.len(),
+            not_ended.join("; ")
+        )));
+    }
+    // Prepared transactions can be committed in a read-only transaction.
+    let rows = db
+        .rows("SELECT gid FROM pg_prepared_xacts ORDER BY prepared", &[])
+        .await
+        .map_err(|e| e.into_action("cannot list its prepared transactions", true))?;
+    if !rows.is_empty() {
+        let gids: Vec<String> = rows.iter().filter_map(|r| db.get::<String>(r, 0).ok()).collect();
+        return Err(ActionError::Retryable(format!(
+            "`{name}` has {} prepared transaction(s) ({}) that COMMIT PREPARED could still commit after the fence; \
+             have their transaction manager commit or roll them back, then fence again",
+            gids.len(),
+            gids.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ")
+        )));
+    }
+
+    // 4. Observe: a new session's write is refused, and nothing overrides the fence.
+    let refusal = observe(target, cx, true).await?.unwrap_or_default();
+    let left: Vec<Override> = overrides(db)
+        .await?
+        .into_iter()
+        .filter(Override::defeats_fence)
+        .collect();
+    if !left.is_empty() && !in_recovery {
+        return Err(ActionError::Retryable(format!(
+            "`{name}`: settings that start read-write transactions appeared during the fence: {}",
+            left.iter().map(Override::describe).collect::<Vec<_>>().join("; ")
+        )));
+    }
+    Ok(Done {
+        neutralised,
+        ended: signalled.len(),
+        refusal,
+    })
+}
+
 #[async_trait]
 impl Action for Fence {
     async fn plan(&self, cx: &StepContext) -> Result<Preview, ActionError> {
         let p: DatabaseParams = cx.params()?;
         Ok(Preview {
             summary: format!(
-                "fence `{}`: default_transaction_read_only = on, end client sessions, observe a refused write",
+                "fence `{}`: reset role/database overrides, default_transaction_read_only = on, end client sessions, \
+                 observe a refused write",
                 p.database.value
             ),
         })
@@ -180,81 +567,75 @@ impl Action for Fence {
         let p: DatabaseParams = cx.params()?;
         let name = p.database.value.as_str();
         let target = Target::resolve(&cx.config, name)?;
-        let db = match target.connect(&cx.cancel, cx.deadline).await {
+        let db = match target.try_connect(&cx.cancel, cx.deadline).await {
             Ok(db) => db,
-            Err(ActionError::Cancelled) => return Err(ActionError::Cancelled),
-            Err(e) if cx.assume_lost => return Ok(assumed_lost(cx, name, &e)),
-            Err(e) => {
-                return Err(ActionError::Retryable(format!(
-                    "{e}; an unreachable primary cannot be observed fenced, so promotion stays blocked \
-                     (if its site is lost, declare it with `assume_lost: true` in the runbook)"
-                )));
+            Err(f) if f.error == ActionError::Cancelled => return Err(ActionError::Cancelled),
+            Err(f) => {
+                return match (cx.assume_lost, f.unreachable) {
+                    (true, Some(kind)) => Ok(assumed_lost(cx, name, &f.error, kind)),
+                    (true, None) => {
+                        let msg = format!(
+                            "{}; the fence failed: with assume_lost only an unreachable primary (connection refused, \
+                             timeout, no route to host, network unreachable) counts as lost, and this is not one",
+                            f.error
+                        );
+                        Err(match f.error {
+                            ActionError::Permanent(_) => ActionError::Permanent(msg),
+                            _ => ActionError::Retryable(msg),
+                        })
+                    }
+                    (false, _) => {
+                        let msg = format!(
+                            "{}; an unreachable primary cannot be observed fenced, so promotion stays blocked \
+                             (if its site is lost, declare it with `assume_lost: true` in the runbook)",
+                            f.error
+                        );
+                        Err(match f.error {
+                            ActionError::Permanent(_) => ActionError::Permanent(msg),
+                            _ => ActionError::Retryable(msg),
+                        })
+                    }
+                };
             }
         };
-        let read = |e: crate::conn::SqlError| e.into_action("unexpected answer", false);
         let row = db
-            .one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map_err(|e| e.into_action("cannot query it", false))?;
-        let in_recovery: bool = db.get(&row, 0).map_err(read)?;
-        let started = Instant::now();
-        let started_at = now_unix();
-
-        // 1. Read-only for every new transaction.
-        db.batch("ALTER SYSTEM SET default_transaction_read_only = on")
-            .await
-            .map_err(|e| e.into_action("cannot set default_transaction_read_only", true))?;
-        db.batch("SELECT pg_reload_conf()")
-            .await
-            .map_err(|e| e.into_action("cannot reload its configuration", true))?;
-
-        // 2. End the other client sessions: signal them all, then wait (up to 5 s)
-        // until they are gone.
-        let rows = db
-            .rows(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            .one(
+                "SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())::text",
                 &[],
             )
             .await
-            .map_err(|e| e.into_action("cannot list its sessions", true))?;
-        let (mut signalled, mut not_ended) = (Vec::new(), Vec::new());
-        for r in &rows {
-            let pid: i32 = db.get(r, 0).map_err(read)?;
-            match db.one("SELECT pg_terminate_backend($1)", &[&pid]).await {
-                Ok(row) if db.get::<bool>(&row, 0).unwrap_or(false) => signalled.push(pid),
-                Ok(_) => {} // gone already
-                Err(e) if e.cancelled => return Err(ActionError::Cancelled),
-                Err(e) if e.code.is_some() => not_ended.push(format!("{pid}: {}", e.message)),
-                Err(e) => return Err(e.into_action("cannot end its sessions", true)),
-            }
-        }
-        let until = Instant::now() + cx.remaining().min(Duration::from_secs(5));
-        let mut left = signalled.clone();
-        while !left.is_empty() {
-            let rows = db
-                .rows("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)", &[&left])
-                .await
-                .map_err(|e| e.into_action("cannot list its sessions", true))?;
-            left = rows.iter().filter_map(|r| db.get::<i32>(r, 0).ok()).collect();
-            if left.is_empty() {
-                break;
-            }
-            if Instant::now() >= until {
-                not_ended.extend(left.iter().map(|pid| format!("{pid}: did not exit within 5 s")));
-                break;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(5)) => {}
-                () = cx.cancel.cancelled() => return Err(ActionError::Cancelled),
-            }
-        }
-        let ended = signalled.len() - left.len();
-        if !not_ended.is_empty() {
-            tracing::warn!(database = %name, sessions = ?not_ended, "some sessions of the fenced primary could not be ended; their next transactions are read-only");
-        }
+            .map_err(|e| e.into_action("cannot query it", false))?;
+        let in_recovery: bool = db.get(&row, 0).map_err(read_err)?;
+        admin_session(&db).await?;
+        let system_identifier: Option<String> = db.get(&row, 1).map_err(read_err)?;
+        let started = Instant::now();
+        let started_at = now_unix();
 
-        // 3. Observe: a new session's write is refused.
-        let refusal = observe(&target, cx, true).await?.unwrap_or_default();
+        // The checkpoint: what the fence changes, as it is now (or as an earlier
+        // attempt of this step saw it, which wins).
+        let prior = read_prior(&db).await?;
+        let saved = cx
+            .save_checkpoint(serde_json::to_value(&prior).unwrap_or(Value::Null))
+            .await?;
+        let prior: Prior = serde_json::from_value(saved).unwrap_or(prior);
+
+        let done = match apply(&db, &target, cx, in_recovery).await {
+            Ok(d) => d,
+            Err(e @ (ActionError::Cancelled | ActionError::OutcomeUnknown(_))) => return Err(e),
+            Err(e) => {
+                // Do not leave a half fence behind: the engine does not compensate a
+                // failed step.
+                return Err(match restore(&db, &target, cx, &prior).await {
+                    Ok(()) => {
+                        tracing::info!(database = %name, "the incomplete fence was undone");
+                        with_note(e, "; the incomplete fence was undone (the checkpoint restored)")
+                    }
+                    Err(u) => ActionError::OutcomeUnknown(format!(
+                        "{e}; undoing the incomplete fence failed too ({u}): the compensation will retry it"
+                    )),
+                });
+            }
+        };
         let fenced_at = now_unix();
         let took_s = started.elapsed().as_secs_f64();
 
@@ -266,14 +647,35 @@ impl Action for Fence {
             )
             .await
             .map_err(|e| e.into_action("cannot read its WAL position", false))?;
-        let fence_lsn: Option<String> = db.get(&row, 0).map_err(read)?;
+        let fence_lsn: Option<String> = db.get(&row, 0).map_err(read_err)?;
         let standbys = if in_recovery { Vec::new() } else { standbys(&db).await? };
+        // The newest heartbeat row of this run it holds: its last acknowledged one.
+        let last_heartbeat = match heartbeat_table(cx, name) {
+            Some(table) => db
+                .one(
+                    &format!("SELECT extract(epoch FROM max(at))::float8 FROM {table} WHERE run_id = $1"),
+                    &[&cx.run_id],
+                )
+                .await
+                .ok()
+                .and_then(|r| db.get::<Option<f64>>(&r, 0).ok().flatten()),
+            None => None,
+        };
 
+        let neutralised: Vec<String> = done.neutralised.iter().map(Override::describe).collect();
         let summary = format!(
-            "`{name}` fenced at {} (in {took_s:.2}s): a write in a new session was refused ({refusal}); {ended} session(s) ended{}",
+            "`{name}` fenced at {} (in {took_s:.2}s): a write in a new session was refused ({}); {} session(s) \
+             ended{}{}",
             rfc3339(fenced_at),
+            done.refusal,
+            done.ended,
+            if neutralised.is_empty() {
+                String::new()
+            } else {
+                format!("; overrides reset: {}", neutralised.join("; "))
+            },
             if in_recovery {
-                "; note: it is a standby (in recovery)"
+                "; note: it is a standby (in recovery), which no promotion accepts as a fence"
             } else {
                 ""
             }
@@ -281,17 +683,20 @@ impl Action for Fence {
         Ok(StepOutput::new(summary).with_data(json!({
             "database": name,
             "assumed_lost": false,
+            "system_identifier": system_identifier,
+            "in_recovery": in_recovery,
             "fenced_at": rfc3339(fenced_at),
             "fenced_at_unix": fenced_at,
             "fence_instant_source": "the refused write",
             "fence_started_at": rfc3339(started_at),
             "fence_took_s": took_s,
             "fence_lsn": fence_lsn,
-            "in_recovery": in_recovery,
-            "observed_refusal": refusal,
-            "sessions_ended": ended,
-            "sessions_not_ended": not_ended,
+            "observed_refusal": done.refusal,
+            "overrides_reset": done.neutralised,
+            "sessions_ended": done.ended,
             "standbys": standbys,
+            "last_heartbeat_at": last_heartbeat.map(rfc3339),
+            "last_heartbeat_at_unix": last_heartbeat,
         })))
     }
 
@@ -302,12 +707,25 @@ impl Action for Fence {
             tracing::info!(database = %name, "the fence was assumed (site lost): nothing to undo");
             return Ok(());
         }
+        let prior: Option<Prior> = cx
+            .checkpoint
+            .as_ref()
+            .and_then(|c| serde_json::from_value(c.clone()).ok());
+        if done.is_none() && prior.is_none() {
+            // No checkpoint: the fence never got as far as changing anything.
+            tracing::info!(database = %name, "the fence changed nothing (no checkpoint): nothing to undo");
+            return Ok(());
+        }
         let target = Target::resolve(&cx.config, name)?;
         let db = target.connect(&cx.cancel, cx.deadline).await?;
+        admin_session(&db).await?;
         // Unfencing while a standby of this primary may have been promoted would leave
         // two writable primaries.
-        if let Some(at_fence) = done.and_then(|d| d.data["standbys"].as_array()) {
-            let before = identities(at_fence);
+        let at_fence = done
+            .and_then(|d| d.data["standbys"].as_array().cloned())
+            .or_else(|| prior.as_ref().map(|p| p.standbys.clone()));
+        if let Some(at_fence) = at_fence {
+            let before = identities(&at_fence);
             let now = identities(&standbys(&db).await?);
             let gone: Vec<&String> = before
                 .iter()
@@ -318,7 +736,8 @@ impl Action for Fence {
                 return Err(ActionError::Permanent(format!(
                     "refusing to unfence `{name}`: {} streamed from it at the fence and no longer does; it may have \
                      been promoted, and unfencing would leave two writable primaries. Check, then unfence by hand \
-                     (ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf())",
+                     (ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf(); and restore the \
+                     role and database settings the fence reset, listed in its output)",
                     gone.iter()
                         .map(|s| format!("standby {s}"))
                         .collect::<Vec<_>>()
@@ -326,15 +745,21 @@ impl Action for Fence {
                 )));
             }
         }
-        db.batch("ALTER SYSTEM RESET default_transaction_read_only")
-            .await
-            .map_err(|e| e.into_action("cannot reset default_transaction_read_only", true))?;
-        db.batch("SELECT pg_reload_conf()")
-            .await
-            .map_err(|e| e.into_action("cannot reload its configuration", true))?;
-        observe(&target, cx, false).await?;
-        tracing::info!(database = %name, "unfenced: writes are accepted again");
+        // A fence journaled before checkpoints existed: reset, as it did then.
+        let prior = prior.unwrap_or_default();
+        restore(&db, &target, cx, &prior).await?;
+        tracing::info!(database = %name, "unfenced: the settings before the fence are restored");
         Ok(())
+    }
+}
+
+/// `e` with `note` appended to its message.
+fn with_note(e: ActionError, note: &str) -> ActionError {
+    match e {
+        ActionError::Retryable(m) => ActionError::Retryable(m + note),
+        ActionError::Permanent(m) => ActionError::Permanent(m + note),
+        ActionError::OutcomeUnknown(m) => ActionError::OutcomeUnknown(m + note),
+        ActionError::Cancelled => ActionError::Cancelled,
     }
 }
 
@@ -352,5 +777,63 @@ mod tests {
         let ids = identities(&s);
         assert_eq!(ids["walreceiver at 127.0.0.1"], 2);
         assert_eq!(ids["west at 10.0.0.2"], 1);
+    }
+
+    #[test]
+    fn booleans_parse_like_the_server() {
+        for t in ["on", "ON", "true", "t", "tr", "yes", "y", "1"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["off", "of", "false", "f", "no", "n", "0"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        // `o` is ambiguous for the server too.
+        assert_eq!(parse_bool("o"), None);
+        assert_eq!(parse_bool(""), None);
+    }
+
+    #[test]
+    fn overrides_become_the_right_statements() {
+        let o = |role: Option<&str>, db: Option<&str>, v: &str| Override {
+            role: role.map(str::to_owned),
+            database: db.map(str::to_owned),
+            value: v.into(),
+        };
+        assert!(o(Some("app"), None, "off").defeats_fence());
+        assert!(!o(Some("app"), None, "on").defeats_fence());
+        assert_eq!(
+            o(Some("app"), Some("shop"), "off").alter(None),
+            (
+                "ALTER ROLE %I IN DATABASE %I RESET default_transaction_read_only".into(),
+                vec!["app".into(), "shop".into()]
+            )
+        );
+        assert_eq!(
+            o(None, Some("shop"), "off").alter(Some("off")),
+            (
+                "ALTER DATABASE %I SET default_transaction_read_only = %L".into(),
+                vec!["shop".into(), "off".into()]
+            )
+        );
+        assert_eq!(
+            o(None, None, "0").alter(None).0,
+            "ALTER ROLE ALL RESET default_transaction_read_only"
+        );
+        assert_eq!(
+            o(Some("app"), None, "off").describe(),
+            "ALTER ROLE app SET default_transaction_read_only = off"
+        );
+    }
+
+    #[test]
+    fn a_prior_state_says_whether_it_was_fenced() {
+        assert!(!Prior::default().was_fenced());
+        let fenced = Prior {
+            auto_conf: Some("on".into()),
+            ..Prior::default()
+        };
+        assert!(fenced.was_fenced());
+        let back: Prior = serde_json::from_value(serde_json::to_value(&fenced).unwrap()).unwrap();
+        assert_eq!(back, fenced);
     }
 }

@@ -9,9 +9,16 @@
 //!
 //! Writes that fail (the primary is fenced or down) are logged, never fatal: the
 //! first failure as a warning, the rest at debug level, and a recovery at info. The
-//! writer keeps the time of its last acknowledged write and of the first failure
-//! after it, which lets `postgres.fence` date the loss of a primary it cannot reach.
-//! A resumed run restarts the writer. The compensation stops it and leaves the table.
+//! writer keeps, in this process's memory, the time of its last acknowledged write and
+//! of the first failure after it, which lets `postgres.fence` date the loss of a
+//! primary it cannot reach. That memory is an observation, not state: nothing reads it
+//! but a fence step running at that moment, which journals what it used in its
+//! output. A resumed process starts with none (its writer restarts and observes anew),
+//! and a fence that finds none dates the loss at the moment it found the primary
+//! unreachable, which overstates the RPO rather than understating it. What later
+//! steps need (the table, the first row, the fence instant) they read from the
+//! journal, and the rows themselves from the database.
+//! The compensation stops the writer and leaves the table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -256,13 +263,16 @@ impl Action for Heartbeat {
             "run_id": cx.run_id,
         });
         let target = Target::resolve(&cx.config, &s.database)?;
-        let db = match target.connect(&cx.cancel, cx.deadline).await {
+        let db = match target.try_connect(&cx.cancel, cx.deadline).await {
             Ok(db) => db,
-            Err(ActionError::Cancelled) => return Err(ActionError::Cancelled),
-            Err(e) if cx.assume_lost => {
+            // Only an unreachable primary may be skipped under assume_lost; a wrong
+            // password or an error answer fails the step.
+            Err(f) if cx.assume_lost && f.unreachable.is_some() => {
+                let e = f.error;
                 let mut data = base;
                 data["writing"] = json!(false);
                 data["assumed_lost"] = json!(true);
+                data["unreachable_kind"] = json!(f.unreachable.map(|u| u.as_str()));
                 data["unreachable"] = json!(e.to_string());
                 return Ok(StepOutput::new(format!(
                     "no heartbeat: `{}` is unreachable and the runbook declares its site lost ({e})",
@@ -270,7 +280,7 @@ impl Action for Heartbeat {
                 ))
                 .with_data(data));
             }
-            Err(e) => return Err(e),
+            Err(f) => return Err(f.error),
         };
         db.batch(&create_sql(&s.table))
             .await

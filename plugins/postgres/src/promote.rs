@@ -1,25 +1,34 @@
 //! `postgres.promote`: promotes the standby, waits until it accepts writes, and
 //! measures the RPO achieved.
 //!
-//! Safety: it refuses unless a `postgres.fence` step of this run has completed (the old
-//! primary was observed refusing writes, or declared lost), or the runbook declares the
-//! old site lost (`assume_lost: true`). A fence of the database being promoted does not
-//! count. Already promoted (`pg_is_in_recovery()` false) is success: the step is
-//! idempotent.
+//! Safety: it promotes only after a fence of **this standby's own upstream primary**
+//! in this run, read from the run's facts (the journal): a completed `postgres.fence`
+//! step whose fenced server had the standby's `system_identifier` and was not in
+//! recovery when fenced. A fence of another cluster, of a standby, or of the database
+//! being promoted does not count, and the refusal says why for each fence it saw. With
+//! `assume_lost: true` a fence step that found its database unreachable (refused,
+//! timeout, no route, network unreachable) counts too, since no observed fence is
+//! possible; but a fence step must still have run (it is what tells "unreachable"
+//! from "refusing drover's password"), an observed fence of another cluster is no
+//! substitute, and the promotion refuses (retryable) while the standby still streams
+//! WAL from its upstream: that server is alive, so the site is not lost. Already
+//! promoted (`pg_is_in_recovery()` false) is success: the step is idempotent.
 //!
 //! Before promoting, while the standby still streams, it waits (up to 10 s) until it
 //! has received the WAL the old primary had written at its fence, so that a healthy
 //! standby loses nothing; then `pg_promote(wait => true)`, then a write must succeed.
 //!
-//! RPO, measured: the fence instant minus the newest heartbeat row of this run visible
-//! on the promoted database (`data.measurements.rpo_s`). Both are drover's wall clock.
+//! RPO, measured: the fence instant minus the newest heartbeat row of this run, written
+//! up to the fence instant, visible on the promoted database (`data.measurements.rpo_s`),
+//! read from the heartbeat table of the heartbeat step on the fenced database, never
+//! another database's. Both are drover's wall clock.
 //! Also recorded: the lag at the fence in bytes (the fence WAL position minus what the
 //! standby had replayed) and time (the fence instant minus the standby's last replayed
 //! transaction, when bytes were outstanding), and the WAL it never received
-//! (`lost_wal_bytes`). Without a heartbeat step in the run there is no RPO figure, and
-//! the summary says so. When no heartbeat row of this run reached the standby, the RPO
-//! is at least the fence instant minus the first heartbeat: that lower bound is
-//! recorded, marked as such.
+//! (`lost_wal_bytes`). Without a heartbeat step on the fenced database there is no RPO
+//! figure, and the summary says so. When no heartbeat row of this run reached the
+//! standby, the RPO is at least the fence instant minus the first heartbeat: that lower
+//! bound is recorded, marked as such.
 
 use std::time::{Duration, Instant};
 
@@ -99,28 +108,93 @@ async fn pause(cx: &StepContext, d: Duration) -> Result<(), ActionError> {
     }
 }
 
-/// The fence this promotion relies on: the newest completed fence of another database.
-fn fence_of(cx: &StepContext, name: &str) -> Option<StepOutput> {
-    cx.facts
-        .completed("postgres.fence")
-        .into_iter()
-        .map(|(_, out)| out)
-        .rfind(|out| out.data["database"].as_str() != Some(name))
+/// How a completed `postgres.fence` step counts for promoting a standby.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// An observed fence of the standby's own primary: same `system_identifier`, not
+    /// in recovery when fenced.
+    Observed,
+    /// The fenced database was unreachable and the site declared lost: its identity is
+    /// unknown.
+    Assumed,
+    /// Does not count, because of this.
+    Rejected(String),
 }
 
-/// The heartbeat step of this run on `database` (else the newest heartbeat step).
-fn heartbeat_of(cx: &StepContext, database: Option<&str>) -> Option<StepOutput> {
-    let all: Vec<StepOutput> = cx
-        .facts
+/// Judges the fence `out` (of step `step`) for promoting `name`, whose system
+/// identifier is `standby_id`.
+fn judge(step: &str, out: &StepOutput, name: &str, standby_id: &str, assume_lost: bool) -> Verdict {
+    let db = out.data["database"].as_str().unwrap_or("?");
+    let what = format!("fence `{step}` (of `{db}`)");
+    if db == name {
+        return Verdict::Rejected(format!("{what} fenced the database being promoted"));
+    }
+    if out.data["assumed_lost"] == json!(true) {
+        return if assume_lost {
+            Verdict::Assumed
+        } else {
+            Verdict::Rejected(format!(
+                "{what} assumed it lost, but the runbook does not declare assume_lost"
+            ))
+        };
+    }
+    match out.data["system_identifier"].as_str() {
+        None => Verdict::Rejected(format!(
+            "{what} recorded no system identifier (fenced by an older drover?), so it cannot be checked"
+        )),
+        Some(id) if id != standby_id => Verdict::Rejected(format!(
+            "{what} is another database cluster (system identifier {id}; `{name}` has {standby_id}), not the \
+             primary `{name}` replicates from"
+        )),
+        Some(_) if out.data["in_recovery"] != json!(false) => Verdict::Rejected(format!(
+            "{what} was a standby (in recovery) when fenced, not the primary"
+        )),
+        Some(_) => Verdict::Observed,
+    }
+}
+
+/// The fence this promotion relies on: the newest observed fence of the standby's own
+/// primary, else (with `assume_lost`) the newest fence that found its database
+/// unreachable; or why there is none.
+fn choose_fence(
+    fences: &[(String, StepOutput)],
+    name: &str,
+    standby_id: &str,
+    assume_lost: bool,
+) -> Result<(String, StepOutput, Verdict), Vec<String>> {
+    let judged: Vec<_> = fences
+        .iter()
+        .rev()
+        .map(|(id, out)| (id, out, judge(id, out, name, standby_id, assume_lost)))
+        .collect();
+    let pick = |want: Verdict| {
+        judged
+            .iter()
+            .find(|(_, _, v)| *v == want)
+            .map(|(id, out, v)| ((*id).clone(), (*out).clone(), v.clone()))
+    };
+    pick(Verdict::Observed)
+        .or_else(|| pick(Verdict::Assumed))
+        .ok_or_else(|| {
+            judged
+                .iter()
+                .rev()
+                .filter_map(|(_, _, v)| match v {
+                    Verdict::Rejected(why) => Some(why.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+}
+
+/// The heartbeat step of this run on `database` (the fenced one), from the journal;
+/// never another database's.
+fn heartbeat_of(cx: &StepContext, database: &str) -> Option<StepOutput> {
+    cx.facts
         .completed("postgres.heartbeat")
         .into_iter()
         .map(|(_, o)| o)
-        .collect();
-    all.iter()
-        .rev()
-        .find(|o| database.is_some() && o.data["database"].as_str() == database)
-        .or(all.last())
-        .cloned()
+        .rfind(|o| o.data["database"].as_str() == Some(database))
 }
 
 #[async_trait]
@@ -138,22 +212,70 @@ impl Action for Promote {
     async fn execute(&self, cx: &StepContext) -> Result<StepOutput, ActionError> {
         let p: DatabaseParams = cx.params()?;
         let name = p.database.value.as_str();
-        let fence = fence_of(cx, name);
-        if fence.is_none() && !cx.assume_lost {
-            return Err(ActionError::Permanent(format!(
-                "refusing to promote `{name}`: no postgres.fence step of this run has fenced the old primary \
-                 (promotion needs an observed fence, or `assume_lost: true` in the runbook when the old site is lost)"
-            )));
+        let fences = cx.facts.completed("postgres.fence");
+        if fences.is_empty() {
+            return Err(ActionError::Permanent(if cx.assume_lost {
+                format!(
+                    "refusing to promote `{name}`: no postgres.fence step of this run has fenced the old primary or \
+                     found it unreachable; with `assume_lost: true` a postgres.fence step must still run, as it is \
+                     what checks that the old primary is unreachable (and not, say, refusing drover's password)"
+                )
+            } else {
+                format!(
+                    "refusing to promote `{name}`: no postgres.fence step of this run has fenced the old primary \
+                     (promotion needs an observed fence, or `assume_lost: true` in the runbook when the old site is lost)"
+                )
+            }));
         }
+        let target = Target::resolve(&cx.config, name)?;
+        let db = target.connect(&cx.cancel, cx.deadline).await?;
+        let row = db
+            .one("SELECT (SELECT system_identifier FROM pg_control_system())::text", &[])
+            .await
+            .map_err(|e| e.into_action("cannot read its system identifier", false))?;
+        let standby_id: String = db
+            .get::<Option<String>>(&row, 0)
+            .map_err(|e| e.into_action("unexpected answer", false))?
+            .unwrap_or_default();
+        let (fence_step, fence, verdict) = choose_fence(&fences, name, &standby_id, cx.assume_lost).map_err(|why| {
+            ActionError::Permanent(format!(
+                "refusing to promote `{name}`: no fence of the primary it replicates from in this run{}: {}",
+                if cx.assume_lost {
+                    " (observed, or found unreachable under assume_lost)"
+                } else {
+                    ""
+                },
+                why.join("; ")
+            ))
+        })?;
+        let fence = Some(fence);
         let fence_data = fence.as_ref().map_or(Value::Null, |f| f.data.clone());
         let fence_at = fence_data["fenced_at_unix"].as_f64();
         let fence_lsn = fence_data["fence_lsn"].as_str().and_then(parse_lsn);
 
-        let target = Target::resolve(&cx.config, name)?;
-        let db = target.connect(&cx.cancel, cx.deadline).await?;
         let started = Instant::now();
         let before = position(&db).await?;
         let already = !before.in_recovery;
+        if !already && verdict == Verdict::Assumed {
+            // Nobody observed the old primary fenced. If this standby still streams, the
+            // server it replicates from is alive: the site is not lost.
+            let row = db
+                .one(
+                    "SELECT coalesce(sender_host, '?') || ':' || coalesce(sender_port::text, '?') \
+                     FROM pg_stat_wal_receiver WHERE status = 'streaming' LIMIT 1",
+                    &[],
+                )
+                .await;
+            if let Ok(row) = row
+                && let Ok(upstream) = db.get::<String>(&row, 0)
+            {
+                return Err(ActionError::Retryable(format!(
+                    "refusing to promote `{name}`: the fence assumed its primary lost, but `{name}` still streams WAL \
+                     from {upstream}, so the server it replicates from is alive and the site is not lost; fence it \
+                     (observed) or stop it first (a standby stops streaming within wal_receiver_timeout of a real loss)"
+                )));
+            }
+        }
         let mut lag = json!({});
         let mut caught_up_s = None;
         if !already {
@@ -220,7 +342,7 @@ impl Action for Promote {
         let writable_s = started.elapsed().as_secs_f64();
 
         // RPO: the fence instant minus the newest heartbeat visible here.
-        let fenced_db = fence_data["database"].as_str();
+        let fenced_db = fence_data["database"].as_str().unwrap_or_default();
         let heartbeat = heartbeat_of(cx, fenced_db);
         let mut rpo =
             json!({"fence_at": fence_data["fenced_at"], "fence_instant_source": fence_data["fence_instant_source"]});
@@ -228,7 +350,11 @@ impl Action for Promote {
         let rpo_note: String;
         match (fence_at, &heartbeat) {
             (None, _) => rpo_note = "no RPO measured: no fence instant (no postgres.fence step in this run)".into(),
-            (_, None) => rpo_note = "no RPO measured: no postgres.heartbeat step in this run".into(),
+            (_, None) => {
+                rpo_note = format!(
+                    "no RPO measured: no postgres.heartbeat step on `{fenced_db}` (the fenced database) in this run"
+                );
+            }
             (_, Some(hb)) if hb.data["writing"] == json!(false) => {
                 rpo_note = "no RPO measured: the heartbeat never wrote (its primary was unreachable)".into();
             }
@@ -242,8 +368,12 @@ impl Action for Promote {
                 rpo["heartbeat_table"] = json!(table);
                 let newest = db
                     .one(
-                        &format!("SELECT extract(epoch FROM max(at))::float8 FROM {table} WHERE run_id = $1"),
-                        &[&cx.run_id],
+                        // Only this run's rows, written up to the fence instant.
+                        &format!(
+                            "SELECT extract(epoch FROM max(at))::float8 FROM {table} \
+                             WHERE run_id = $1 AND at <= to_timestamp($2)"
+                        ),
+                        &[&cx.run_id, &f],
                     )
                     .await;
                 match newest {
@@ -302,6 +432,9 @@ impl Action for Promote {
                 "already_promoted": already,
                 "assume_lost": cx.assume_lost,
                 "fence": fence.as_ref().map(|f| f.data["database"].clone()),
+                "fence_step": fence_step,
+                "fence_assumed": verdict == Verdict::Assumed,
+                "system_identifier": standby_id,
                 "promote_s": promote_s,
                 "writable_after_s": writable_s,
                 "caught_up_wait_s": caught_up_s,
@@ -315,5 +448,61 @@ impl Action for Promote {
         // Not compensable: a promoted server cannot be demoted; re-seeding is a task
         // of its own. The engine never calls this (`compensable` is false).
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(db: &str, data: Value) -> StepOutput {
+        let mut d = data;
+        d["database"] = json!(db);
+        StepOutput::new("fenced").with_data(d)
+    }
+
+    #[test]
+    fn only_a_fence_of_the_standbys_own_primary_counts() {
+        let own = fence("db-east", json!({"system_identifier": "7", "in_recovery": false}));
+        let other = fence("db-other", json!({"system_identifier": "8", "in_recovery": false}));
+        let standby = fence("db-stby", json!({"system_identifier": "7", "in_recovery": true}));
+        let itself = fence("db-west", json!({"system_identifier": "7", "in_recovery": false}));
+        let old = fence("db-east", json!({}));
+        let lost = fence("db-east", json!({"assumed_lost": true}));
+        assert_eq!(judge("f", &own, "db-west", "7", false), Verdict::Observed);
+        for (f, why) in [
+            (
+                &other,
+                "another database cluster (system identifier 8; `db-west` has 7)",
+            ),
+            (&standby, "was a standby (in recovery)"),
+            (&itself, "the database being promoted"),
+            (&old, "no system identifier"),
+            (&lost, "does not declare assume_lost"),
+        ] {
+            match judge("f", f, "db-west", "7", false) {
+                Verdict::Rejected(m) => assert!(m.contains(why), "{m}"),
+                v => panic!("{v:?} for {f:?}"),
+            }
+        }
+        assert_eq!(judge("f", &lost, "db-west", "7", true), Verdict::Assumed);
+
+        let steps = |v: Vec<&StepOutput>| -> Vec<(String, StepOutput)> {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, o)| (format!("s{i}"), o.clone()))
+                .collect()
+        };
+        // The observed fence wins over an assumed one; another cluster's never counts.
+        let (id, _, v) = choose_fence(&steps(vec![&own, &lost, &other]), "db-west", "7", true).unwrap();
+        assert_eq!((id.as_str(), v), ("s0", Verdict::Observed));
+        let (id, _, v) = choose_fence(&steps(vec![&lost, &other]), "db-west", "7", true).unwrap();
+        assert_eq!((id.as_str(), v), ("s0", Verdict::Assumed));
+        let why = choose_fence(&steps(vec![&other, &standby]), "db-west", "7", true).unwrap_err();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why[0].contains("another database cluster") && why[1].contains("standby"),
+            "{why:?}"
+        );
     }
 }
