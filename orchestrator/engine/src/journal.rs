@@ -10,6 +10,7 @@ use drover_plugin_api::{ActionError, StepOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
+use crate::redact::Redactor;
 use crate::state::RunState;
 use crate::store::{Store, StoreError};
 
@@ -335,8 +336,8 @@ pub struct Journal {
     /// The run's state after the last record (its `last_seq` gives the next sequence),
     /// and the hash of that record.
     state: Arc<Mutex<(RunState, Option<String>)>>,
-    /// Secret values (as they appear inside JSON strings) replaced before anything is stored.
-    redact: Arc<Vec<String>>,
+    /// Replaces secret values in records before anything is stored.
+    redact: Arc<Redactor>,
     clock: RunClock,
     observer: Arc<dyn Observer>,
 }
@@ -365,14 +366,7 @@ impl Journal {
         observer: Arc<dyn Observer>,
         secrets: &[String],
     ) -> Self {
-        let redact = secrets
-            .iter()
-            .filter(|s| s.len() >= 4)
-            .map(|s| {
-                let quoted = serde_json::to_string(s).unwrap_or_default();
-                quoted[1..quoted.len().saturating_sub(1).max(1)].to_owned()
-            })
-            .collect();
+        let redact = Redactor::new(secrets);
         Journal {
             store,
             run_id: state.id.as_str().into(),
@@ -418,14 +412,7 @@ impl Journal {
             prev: head.clone(),
             event,
         };
-        let mut json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
-        let mut rec = rec;
-        if self.redact.iter().any(|s| json.contains(s.as_str())) {
-            for s in self.redact.iter() {
-                json = json.replace(s.as_str(), "[redacted]");
-            }
-            rec = serde_json::from_str(&json).map_err(|e| StoreError::Other(e.to_string()))?;
-        }
+        let (rec, json) = self.redact.record(rec).map_err(|e| StoreError::Other(e.to_string()))?;
         self.store.append(&self.run_id, rec.seq, &json)?;
         *head = Some(crate::evidence::sha256_hex(json.as_bytes()));
         state.apply(&rec);

@@ -5,6 +5,7 @@ pub mod change;
 pub mod evidence;
 pub mod journal;
 pub mod plan;
+pub mod redact;
 pub mod run;
 pub mod state;
 pub mod store;
