@@ -145,7 +145,7 @@ pub struct Verification {
     pub records: usize,
     /// Hash of the last record.
     pub head: Option<String>,
-    /// The key of the last seal, when the run is sealed.
+    /// The key of the last seal checked, when the run is sealed.
     pub fingerprint: Option<String>,
     pub public_key: Option<String>,
     pub signature: Option<String>,
@@ -310,6 +310,14 @@ pub fn verify_records_pinned(
                 );
                 return v;
             }
+            let first = v.seals.first().cloned();
+            v.seals.push(SealInfo {
+                record: i,
+                fingerprint: fp.clone(),
+            });
+            v.fingerprint = Some(fp.clone());
+            v.public_key = Some(public_key.clone());
+            v.signature = Some(signature.clone());
             if v.pinned() && !v.trusts(fp) {
                 let message = format!(
                     "the seal (record {i}) was made by key {fp}, which is not pinned (trusted keys: {})",
@@ -318,7 +326,7 @@ pub fn verify_records_pinned(
                 fail(&mut v, i, message);
                 return v;
             }
-            if let Some(first) = v.seals.first().filter(|s| !v.pinned() && s.fingerprint != *fp) {
+            if let Some(first) = first.filter(|s| !v.pinned() && s.fingerprint != *fp) {
                 let message = format!(
                     "the seal (record {i}) was made by key {fp}, but record {} was sealed by key {}: a run re-sealed by another key is accepted only when both keys are pinned (evidence.trusted_keys)",
                     first.record, first.fingerprint
@@ -326,13 +334,6 @@ pub fn verify_records_pinned(
                 fail(&mut v, i, message);
                 return v;
             }
-            v.seals.push(SealInfo {
-                record: i,
-                fingerprint: fp.clone(),
-            });
-            v.fingerprint = Some(fp.clone());
-            v.public_key = Some(public_key.clone());
-            v.signature = Some(signature.clone());
         }
         prev = Some(hash);
     }
@@ -564,7 +565,8 @@ mod tests {
             p.message.contains(&a.fingerprint()) && p.message.contains(&b.fingerprint()),
             "{p:?}"
         );
-        assert_eq!(v.key_trusted(), None, "no seal was accepted");
+        assert_eq!(v.key_trusted(), Some(false));
+        assert_eq!(v.fingerprint, Some(a.fingerprint()), "the key found is named");
     }
 
     #[test]
