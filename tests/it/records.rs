@@ -341,26 +341,236 @@ fn verify_names_the_first_bad_record_and_exits_1() {
     .unwrap();
     let out = fx.drover().args(["evidence", "verify", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("TAMPERED") && stdout.contains("first bad record"),
-        "{stdout}"
-    );
-    // A wrong key pin fails an intact bundle.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TAMPERED") && text.contains("first bad record"), "{text}");
+    // A wrong key pin fails an intact bundle; a pin that is no fingerprint is a usage error.
     let fx2 = fixture(SMALL);
     let (_, _) = exported(&fx2);
-    let out = fx2
+    let bundle = fx2.path("bundle.json");
+    let other = format!("SHA256:{}", "0".repeat(64));
+    let (code, _) = stdout(&fx2, &["evidence", "verify", bundle.to_str().unwrap(), "--key", &other]);
+    assert_eq!(code, 1);
+    let (code, _) = stdout(
+        &fx2,
+        &["evidence", "verify", bundle.to_str().unwrap(), "--key", "SHA256:00"],
+    );
+    assert_eq!(code, 2);
+}
+
+/// `evidence verify TARGET --format json` in the fixture: exit code and the JSON.
+fn verify_json(fx: &Fixture, target: &str, extra: &[&str]) -> (i32, Value) {
+    let (code, text) = stdout(
+        fx,
+        &[&["evidence", "verify", target, "--format", "json"], extra].concat(),
+    );
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("no JSON ({e}): {text}"));
+    (code, v)
+}
+
+/// The fixture's config with `evidence: {trusted_keys: KEYS}`.
+fn pin(fx: &Fixture, keys: &[&str]) {
+    let list = keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
+    fx.write(
+        "drover.yaml",
+        &format!("{CONFIG}evidence: {{trusted_keys: [{list}]}}\n"),
+    );
+}
+
+#[test]
+fn verification_without_a_pinned_key_says_not_pinned() {
+    let fx = fixture(SMALL);
+    let (id, _) = exported(&fx);
+    let bundle = fx.path("bundle.json");
+    for target in [id.as_str(), bundle.to_str().unwrap()] {
+        let (code, text) = stdout(&fx, &["evidence", "verify", target]);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.starts_with("intact"), "{text}");
+        assert!(text.contains("key: NOT PINNED"), "{text}");
+        let (code, v) = verify_json(&fx, target, &[]);
+        assert_eq!(code, 0);
+        assert_eq!(v["intact"], true);
+        assert_eq!(v["pinned"], false);
+        assert_eq!(v["key_trusted"], Value::Null);
+        assert_eq!(v["trusted_keys"], serde_json::json!([]));
+        assert!(v["key_fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+    }
+}
+
+#[test]
+fn a_pinned_sealing_key_passes() {
+    let fx = fixture(SMALL);
+    let (id, _) = exported(&fx);
+    let fp = verify_json(&fx, &id, &[]).1["key_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    pin(&fx, &[&format!("SHA256:{}", "1".repeat(64)), &fp]);
+    let bundle = fx.path("bundle.json");
+    for target in [id.as_str(), bundle.to_str().unwrap()] {
+        let (code, v) = verify_json(&fx, target, &[]);
+        assert_eq!(code, 0, "{v:#}");
+        assert_eq!(v["pinned"], true);
+        assert_eq!(v["key_trusted"], true);
+        assert_eq!(v["seals"][0]["key_fingerprint"], fp.as_str());
+        let (code, text) = stdout(&fx, &["evidence", "verify", target]);
+        assert_eq!(code, 0);
+        assert!(text.contains("key: trusted") && !text.contains("NOT PINNED"), "{text}");
+    }
+}
+
+#[test]
+fn a_key_that_is_not_pinned_fails_naming_both_fingerprints() {
+    let fx = fixture(SMALL);
+    let (id, _) = exported(&fx);
+    let fp = verify_json(&fx, &id, &[]).1["key_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = format!("SHA256:{}", "ab".repeat(32));
+    pin(&fx, &[&other]);
+    let bundle = fx.path("bundle.json");
+    for target in [id.as_str(), bundle.to_str().unwrap()] {
+        let (code, text) = stdout(&fx, &["evidence", "verify", target]);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains(&fp) && text.contains(&other), "{text}");
+        assert!(
+            text.contains("not pinned") && text.contains("key: NOT TRUSTED"),
+            "{text}"
+        );
+        let (code, v) = verify_json(&fx, target, &[]);
+        assert_eq!(code, 1);
+        assert_eq!(v["intact"], false);
+        assert_eq!(v["pinned"], true);
+        assert_eq!(v["key_trusted"], false);
+        assert_eq!(v["key_fingerprint"], fp.as_str());
+        let problem = v["problem"].as_str().unwrap();
+        assert!(problem.contains(&fp) && problem.contains(&other), "{problem}");
+        // `--key` replaces the config's pins for one check.
+        let (code, v) = verify_json(&fx, target, &["--key", &fp]);
+        assert_eq!(code, 0, "{v:#}");
+        assert_eq!(v["key_trusted"], true);
+    }
+}
+
+#[test]
+fn a_trusted_key_that_is_no_fingerprint_is_a_located_error() {
+    let fx = fixture(SMALL);
+    let (id, _) = exported(&fx);
+    let good = format!("SHA256:{}", "c".repeat(64));
+    fx.write(
+        "drover.yaml",
+        &format!(
+            "{CONFIG}evidence:\n  trusted_keys:\n    - {good}\n    - SHA256:abc\n    - \"sha1:{}\"\n",
+            "c".repeat(40)
+        ),
+    );
+    let config = fx.path("drover.yaml");
+    let config = config.to_str().unwrap();
+    for args in [vec!["validate"], vec!["evidence", "verify", id.as_str()]] {
+        let out = fx.drover().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for line in [9, 10] {
+            assert!(
+                err.contains(&format!("{config}:{line}:7: error: `")) && err.contains("is not a key fingerprint"),
+                "{args:?}: no located error on line {line}:\n{err}"
+            );
+        }
+        assert!(!err.contains(&good), "the good key is not an error: {err}");
+    }
+}
+
+/// Adds records to a sealed run in the state store as `drover ack` does: an event,
+/// then (when `seal`) a new seal by the run's own key, each chained to the one before.
+fn append_to_journal(fx: &Fixture, id: &str, seal: bool) {
+    use drover_engine::evidence::{Signer, seal_message, sha256_hex};
+    use drover_engine::{Event, Record};
+    let db = rusqlite::Connection::open(fx.path("state/state.db")).unwrap();
+    let (last, json): (i64, String) = db
+        .query_row(
+            "SELECT seq, record FROM journal WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let mut prev = sha256_hex(json.as_bytes());
+    let seed = hex_decode(fx.read(".drover/evidence.key").trim());
+    let signer = Signer::from_seed(&seed).unwrap();
+    let mut events = vec![Event::Acknowledged {
+        by: "operator".into(),
+        reason: "taken over by hand".into(),
+    }];
+    let mut seq = last as u64 + 1;
+    while let Some(event) = events.pop() {
+        let rec = Record {
+            seq,
+            at: "2026-01-01T00:00:00.000Z".into(),
+            t: 1.0,
+            prev: Some(prev.clone()),
+            event,
+        };
+        let json = serde_json::to_string(&rec).unwrap();
+        db.execute(
+            "INSERT INTO journal (run_id, seq, record) VALUES (?1, ?2, ?3)",
+            rusqlite::params![id, seq as i64, json],
+        )
+        .unwrap();
+        prev = sha256_hex(json.as_bytes());
+        if seal && !matches!(rec.event, Event::Sealed { .. }) {
+            events.push(Event::Sealed {
+                signature: signer.sign(&seal_message(id, seq, &prev)),
+                head: prev.clone(),
+                public_key: signer.public_key_hex(),
+                fingerprint: signer.fingerprint(),
+            });
+        }
+        seq += 1;
+    }
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_run_sealed_again_verifies_and_an_unsealed_tail_fails() {
+    let fx = fixture(SMALL);
+    let (id, _) = exported(&fx);
+    let first = verify_json(&fx, &id, &[]).1;
+    let records = first["records"].as_u64().unwrap();
+    // An acknowledgement and a new seal by the same key: both seals are checked.
+    append_to_journal(&fx, &id, true);
+    let (code, v) = verify_json(&fx, &id, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["records"], records + 2);
+    let seals: Vec<u64> = v["seals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["record"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seals, [records - 1, records + 1]);
+    // Pinned, every seal must be by a pinned key: it is.
+    pin(&fx, &[first["key_fingerprint"].as_str().unwrap()]);
+    assert_eq!(verify_json(&fx, &id, &[]).1["key_trusted"], true);
+    // The re-sealed run exports and its bundle verifies.
+    let out = fx
         .drover()
-        .args([
-            "evidence",
-            "verify",
-            fx2.path("bundle.json").to_str().unwrap(),
-            "--key",
-            "SHA256:00",
-        ])
+        .args(["evidence", "export", &id, "-o"])
+        .arg(fx.path("again.json"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(verify_json(&fx, fx.path("again.json").to_str().unwrap(), &[]).0, 0);
+    // A record after the last seal, correctly chained but not sealed, fails.
+    append_to_journal(&fx, &id, false);
+    let (code, v) = verify_json(&fx, &id, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["first_bad_record"], records + 2);
+    assert!(v["problem"].as_str().unwrap().contains("follow the last seal"), "{v:#}");
 }
 
 #[test]
@@ -433,4 +643,80 @@ steps:
     );
     // The redacted journal still verifies.
     assert_eq!(stdout(&fx, &["evidence", "verify", &id]).0, 0);
+}
+
+#[test]
+fn a_url_secrets_password_alone_is_redacted_and_a_short_secret_leaves_records_intact() {
+    const RAW: &str = "s3cr%40t-pw%20x";
+    const DECODED: &str = "s3cr@t-pw x";
+    let fx = fixture(
+        r#"name: rb
+service: svc
+steps:
+  - {id: leak, uses: exec.run, with: {command: [sh, -c, "printf '%s\n' \"$PW_DECODED\"; echo \"raw $PW_RAW\" >&2; echo seq is a key"]}}
+"#,
+    );
+    // The database URL is a secret, so its password is one; the S3 key id `seq`
+    // (a 3-character secret equal to a key of every journal record) is one too.
+    fx.write(
+        "drover.yaml",
+        &format!(
+            "{CONFIG}databases:\n  - {{name: db1, site: east, kind: postgres, url: {{env: DB_URL}}}}\n\
+             object_stores:\n  - {{name: s1, site: east, endpoint: \"http://127.0.0.1:9\", bucket: b, access_key_id: {{env: S3_KEY}}}}\n"
+        ),
+    );
+    let out = fx
+        .drover()
+        .env("DB_URL", format!("postgres://app:{RAW}@db.example:5432/payments"))
+        .env("S3_KEY", "seq")
+        .env("PW_DECODED", DECODED)
+        .env("PW_RAW", RAW)
+        .args(["drill", "rb", "--yes", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = run_id(&serde_json::from_slice(&out.stdout).unwrap());
+    let db = rusqlite::Connection::open(fx.path("state/state.db")).unwrap();
+    let records: Vec<String> = db
+        .prepare("SELECT record FROM journal WHERE run_id = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([&id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (i, text) in records.iter().enumerate() {
+        assert!(
+            !text.contains(DECODED) && !text.contains(RAW),
+            "record {i} has the password: {text}"
+        );
+        // Every record keeps its keys and numbers: `seq` is not touched.
+        let rec: drover_engine::Record =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("record {i} is unreadable ({e}): {text}"));
+        assert_eq!(rec.seq, i as u64);
+    }
+    let leak = records
+        .iter()
+        .find(|r| r.contains("\"event\":\"step_finished\"") && r.contains("\"step\":\"leak\""))
+        .expect("the step's record");
+    assert!(
+        leak.contains("[redacted]\\n"),
+        "the password printed alone is redacted: {leak}"
+    );
+    assert!(leak.contains("raw [redacted]"), "the raw password is redacted: {leak}");
+    assert!(
+        leak.contains("seq is a key"),
+        "a short secret inside text stays: {leak}"
+    );
+    for file in ["state/state.db", "state/state.db-wal"] {
+        let bytes = std::fs::read(fx.path(file)).unwrap_or_default();
+        for secret in [DECODED, RAW] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{file} contains the password"
+            );
+        }
+    }
+    // The redacted journal still verifies.
+    let (code, text) = stdout(&fx, &["evidence", "verify", &id]);
+    assert_eq!(code, 0, "{text}");
 }

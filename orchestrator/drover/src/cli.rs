@@ -229,13 +229,16 @@ pub enum EvidenceCommand {
         output: PathBuf,
     },
     /// Check a run (from the state store) or a bundle file offline; names the first bad
-    /// record. Exit 0 intact, 1 tampered.
+    /// record. Every seal must be by a pinned key (`evidence.trusted_keys` in the
+    /// config, or `--key`); without a pinned key the output says "not pinned". Exit 0
+    /// intact, 1 tampered or sealed by a key that is not pinned.
     Verify {
         /// A run id, or the path of a bundle file.
         target: String,
-        /// Require this key fingerprint (SHA256:...), e.g. from a report you trust.
+        /// Accept only this key (SHA256:..., e.g. from a report you trust); repeat it to
+        /// accept several. Replaces `evidence.trusted_keys` for this check.
         #[arg(long, value_name = "FINGERPRINT")]
-        key: Option<String>,
+        key: Vec<String>,
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },

@@ -145,12 +145,26 @@ pub struct Verification {
     pub records: usize,
     /// Hash of the last record.
     pub head: Option<String>,
-    /// The key that sealed the run, when it is sealed.
+    /// The key of the last seal checked, when the run is sealed.
     pub fingerprint: Option<String>,
     pub public_key: Option<String>,
     pub signature: Option<String>,
+    /// Every seal of the chain, in order (a run is sealed again when records are added
+    /// after its seal, e.g. an acknowledgement).
+    pub seals: Vec<SealInfo>,
+    /// The keys the check accepted (`evidence.trusted_keys`, or `--key`). Empty: not
+    /// pinned, so the check shows that the records are unchanged since they were
+    /// sealed, not who sealed them.
+    pub trusted_keys: Vec<String>,
     /// The first problem: the record where the chain breaks.
     pub problem: Option<Problem>,
+}
+
+/// One `sealed` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SealInfo {
+    pub record: u64,
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -161,24 +175,68 @@ pub struct Problem {
 }
 
 impl Verification {
+    fn new(run_id: &str, records: usize, trusted: &[String]) -> Verification {
+        Verification {
+            run_id: run_id.to_owned(),
+            records,
+            head: None,
+            fingerprint: None,
+            public_key: None,
+            signature: None,
+            seals: Vec::new(),
+            trusted_keys: trusted
+                .iter()
+                .map(|k| k.to_ascii_lowercase().replacen("sha256:", "SHA256:", 1))
+                .collect(),
+            problem: None,
+        }
+    }
+
     pub fn intact(&self) -> bool {
         self.problem.is_none()
     }
+
+    /// Whether the sealing keys were checked against pinned ones.
+    pub fn pinned(&self) -> bool {
+        !self.trusted_keys.is_empty()
+    }
+
+    /// `Some(true)` when pinned and every seal is by a pinned key, `Some(false)` when
+    /// pinned and a seal is not, `None` when not pinned or not sealed (nothing is known
+    /// about who sealed it).
+    pub fn key_trusted(&self) -> Option<bool> {
+        if !self.pinned() || self.seals.is_empty() {
+            return None;
+        }
+        Some(self.seals.iter().all(|s| self.trusts(&s.fingerprint)))
+    }
+
+    fn trusts(&self, fingerprint: &str) -> bool {
+        self.trusted_keys.iter().any(|k| k.eq_ignore_ascii_case(fingerprint))
+    }
+}
+
+/// [`verify_records_pinned`] without pinned keys.
+pub fn verify_records(run_id: &str, records: &[StoredRecord], require_seal: bool) -> Verification {
+    verify_records_pinned(run_id, records, require_seal, &[])
 }
 
 /// Checks a run's records: consecutive sequence numbers, each `prev` equal to the
-/// SHA-256 of the record before, and a final `sealed` record whose signature over the
-/// head verifies. `require_seal`: a finished run must be sealed.
-pub fn verify_records(run_id: &str, records: &[StoredRecord], require_seal: bool) -> Verification {
-    let mut v = Verification {
-        run_id: run_id.to_owned(),
-        records: records.len(),
-        head: None,
-        fingerprint: None,
-        public_key: None,
-        signature: None,
-        problem: None,
-    };
+/// SHA-256 of the record before, and every `sealed` record's signature over the head
+/// before it. A run may be sealed more than once (records added after a seal end in a
+/// new seal); records after the last seal are an unsealed tail and fail the check.
+/// `require_seal`: a finished run must be sealed.
+///
+/// `trusted` (fingerprints): when not empty, every seal must be by one of these keys;
+/// when empty, every seal must be by the key of the first one (a change of key is
+/// accepted only between pinned keys).
+pub fn verify_records_pinned(
+    run_id: &str,
+    records: &[StoredRecord],
+    require_seal: bool,
+    trusted: &[String],
+) -> Verification {
+    let mut v = Verification::new(run_id, records.len(), trusted);
     let mut prev: Option<String> = None;
     let fail = |v: &mut Verification, record: u64, message: String| {
         v.problem = Some(Problem { record, message });
@@ -222,14 +280,6 @@ pub fn verify_records(run_id: &str, records: &[StoredRecord], require_seal: bool
             fingerprint: fp,
         } = &rec.event
         {
-            if i + 1 != records.len() as u64 {
-                fail(
-                    &mut v,
-                    i + 1,
-                    format!("record {} follows the seal: nothing may be added after it", i + 1),
-                );
-                return v;
-            }
             if Some(head) != prev.as_ref() {
                 fail(
                     &mut v,
@@ -260,15 +310,48 @@ pub fn verify_records(run_id: &str, records: &[StoredRecord], require_seal: bool
                 );
                 return v;
             }
+            let first = v.seals.first().cloned();
+            v.seals.push(SealInfo {
+                record: i,
+                fingerprint: fp.clone(),
+            });
             v.fingerprint = Some(fp.clone());
             v.public_key = Some(public_key.clone());
             v.signature = Some(signature.clone());
+            if v.pinned() && !v.trusts(fp) {
+                let message = format!(
+                    "the seal (record {i}) was made by key {fp}, which is not pinned (trusted keys: {})",
+                    v.trusted_keys.join(", ")
+                );
+                fail(&mut v, i, message);
+                return v;
+            }
+            if let Some(first) = first.filter(|s| !v.pinned() && s.fingerprint != *fp) {
+                let message = format!(
+                    "the seal (record {i}) was made by key {fp}, but record {} was sealed by key {}: a run re-sealed by another key is accepted only when both keys are pinned (evidence.trusted_keys)",
+                    first.record, first.fingerprint
+                );
+                fail(&mut v, i, message);
+                return v;
+            }
         }
         prev = Some(hash);
     }
     v.head = prev;
-    if require_seal && v.signature.is_none() {
-        let n = records.len() as u64;
+    let n = records.len() as u64;
+    if let Some(last) = v.seals.last().map(|s| s.record)
+        && last + 1 < n
+    {
+        fail(
+            &mut v,
+            last + 1,
+            format!(
+                "records {} to {} follow the last seal (record {last}) and are not sealed: they were added after the run was signed",
+                last + 1,
+                n - 1
+            ),
+        );
+    } else if require_seal && v.seals.is_empty() {
         fail(
             &mut v,
             n,
@@ -356,14 +439,15 @@ pub fn export_bundle(
 /// chain sealed by its key, that nothing else in it changed after signing, and that it
 /// is byte for byte in canonical form. The first problem found is reported.
 pub fn verify_bundle(bytes: &[u8]) -> Verification {
+    verify_bundle_pinned(bytes, &[])
+}
+
+/// [`verify_bundle`], accepting only seals by the `trusted` keys when there are any
+/// (see [`verify_records_pinned`]).
+pub fn verify_bundle_pinned(bytes: &[u8], trusted: &[String]) -> Verification {
     let bad = |message: String| Verification {
-        run_id: String::new(),
-        records: 0,
-        head: None,
-        fingerprint: None,
-        public_key: None,
-        signature: None,
         problem: Some(Problem { record: 0, message }),
+        ..Verification::new("", 0, trusted)
     };
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
@@ -382,7 +466,7 @@ pub fn verify_bundle(bytes: &[u8]) -> Verification {
             json: json.clone(),
         })
         .collect();
-    let mut v = verify_records(&bundle.run_id, &records, true);
+    let mut v = verify_records_pinned(&bundle.run_id, &records, true, trusted);
     if v.problem.is_some() {
         return v;
     }
@@ -410,4 +494,126 @@ pub fn verify_bundle(bytes: &[u8]) -> Verification {
         ));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a run's stored records: `Some(signer)` seals the chain so far, `None`
+    /// adds a plain record.
+    fn chain(run: &str, items: &[Option<&Signer>]) -> Vec<StoredRecord> {
+        let mut out: Vec<StoredRecord> = Vec::new();
+        let mut prev: Option<String> = None;
+        for (i, item) in items.iter().enumerate() {
+            let event = match item {
+                None => Event::Halted {
+                    reason: format!("record {i}"),
+                    preflight: false,
+                },
+                Some(signer) => {
+                    let head = prev.clone().expect("a seal follows a record");
+                    Event::Sealed {
+                        signature: signer.sign(&seal_message(run, i as u64 - 1, &head)),
+                        head,
+                        public_key: signer.public_key_hex(),
+                        fingerprint: signer.fingerprint(),
+                    }
+                }
+            };
+            let rec = Record {
+                seq: i as u64,
+                at: "2026-01-01T00:00:00.000Z".into(),
+                t: i as f64,
+                prev: prev.clone(),
+                event,
+            };
+            let json = serde_json::to_string(&rec).unwrap();
+            prev = Some(sha256_hex(json.as_bytes()));
+            out.push(StoredRecord { seq: i as u64, json });
+        }
+        out
+    }
+
+    fn keys() -> (Signer, Signer) {
+        (
+            Signer::from_seed(&[1; 32]).unwrap(),
+            Signer::from_seed(&[2; 32]).unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_unpinned_check_says_so() {
+        let (a, _) = keys();
+        let v = verify_records("r", &chain("r", &[None, None, Some(&a)]), true);
+        assert!(v.intact(), "{v:?}");
+        assert!(!v.pinned());
+        assert_eq!(v.key_trusted(), None);
+        assert_eq!(v.fingerprint, Some(a.fingerprint()));
+    }
+
+    #[test]
+    fn a_pinned_key_is_trusted_and_another_is_refused_by_name() {
+        let (a, b) = keys();
+        let records = chain("r", &[None, Some(&a)]);
+        let v = verify_records_pinned("r", &records, true, &[b.fingerprint(), a.fingerprint().to_uppercase()]);
+        assert!(v.intact(), "{v:?}");
+        assert_eq!(v.key_trusted(), Some(true));
+        let v = verify_records_pinned("r", &records, true, &[b.fingerprint()]);
+        let p = v.problem.clone().expect("an untrusted key fails");
+        assert_eq!(p.record, 1);
+        assert!(
+            p.message.contains(&a.fingerprint()) && p.message.contains(&b.fingerprint()),
+            "{p:?}"
+        );
+        assert_eq!(v.key_trusted(), Some(false));
+        assert_eq!(v.fingerprint, Some(a.fingerprint()), "the key found is named");
+    }
+
+    #[test]
+    fn a_run_sealed_again_verifies_and_every_seal_is_checked() {
+        let (a, b) = keys();
+        let records = chain("r", &[None, None, Some(&a), None, Some(&a)]);
+        let v = verify_records("r", &records, true);
+        assert!(v.intact(), "{v:?}");
+        assert_eq!(v.seals.iter().map(|s| s.record).collect::<Vec<_>>(), [2, 4]);
+        // A broken first seal fails even though the last one is fine.
+        let mut bad = records.clone();
+        let mut first: Record = serde_json::from_str(&bad[2].json).unwrap();
+        if let Event::Sealed { signature, .. } = &mut first.event {
+            *signature = b.sign(b"something else");
+        }
+        bad[2].json = serde_json::to_string(&first).unwrap();
+        let v = verify_records("r", &bad, true);
+        assert_eq!(v.problem.map(|p| p.record), Some(2));
+        // Re-sealed by another key: only when both are pinned.
+        let rekeyed = chain("r", &[None, Some(&a), None, Some(&b)]);
+        let v = verify_records("r", &rekeyed, true);
+        let p = v.problem.expect("a change of key without pins fails");
+        assert_eq!(p.record, 3);
+        assert!(p.message.contains(&a.fingerprint()) && p.message.contains(&b.fingerprint()));
+        assert!(verify_records_pinned("r", &rekeyed, true, &[a.fingerprint(), b.fingerprint()]).intact());
+        let v = verify_records_pinned("r", &rekeyed, true, &[a.fingerprint()]);
+        assert_eq!(v.problem.map(|p| p.record), Some(3));
+    }
+
+    #[test]
+    fn records_after_the_last_seal_fail() {
+        let (a, _) = keys();
+        for require_seal in [true, false] {
+            let v = verify_records("r", &chain("r", &[None, Some(&a), None, None]), require_seal);
+            let p = v.problem.expect("an unsealed tail fails");
+            assert_eq!(p.record, 2);
+            assert!(
+                p.message.contains("records 2 to 3 follow the last seal"),
+                "{}",
+                p.message
+            );
+        }
+        let v = verify_records("r", &chain("r", &[None, Some(&a), None, Some(&a), None]), true);
+        assert_eq!(v.problem.map(|p| p.record), Some(4));
+        // A run that has not finished is not sealed yet, and that is fine.
+        assert!(verify_records("r", &chain("r", &[None, None]), false).intact());
+        assert!(!verify_records("r", &chain("r", &[None, None]), true).intact());
+    }
 }

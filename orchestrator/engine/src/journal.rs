@@ -10,6 +10,7 @@ use drover_plugin_api::{ActionError, StepOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
+use crate::redact::Redactor;
 use crate::state::RunState;
 use crate::store::{Store, StoreError};
 
@@ -351,33 +352,13 @@ impl RunClock {
     }
 }
 
-/// Secret values as they appear inside JSON strings: replaced before anything is stored.
-pub(crate) fn redactions(secrets: &[String]) -> Vec<String> {
-    secrets
-        .iter()
-        .filter(|s| s.len() >= 4)
-        .map(|s| {
-            let quoted = serde_json::to_string(s).unwrap_or_default();
-            quoted[1..quoted.len().saturating_sub(1).max(1)].to_owned()
-        })
-        .collect()
-}
-
 /// A record's stored text, secrets redacted (and the record as it then reads).
-pub(crate) fn encode(rec: Record, redact: &[String]) -> Result<(Record, String), StoreError> {
-    let mut json = serde_json::to_string(&rec).map_err(|e| StoreError::Other(e.to_string()))?;
-    if redact.iter().any(|s| json.contains(s.as_str())) {
-        for s in redact {
-            json = json.replace(s.as_str(), "[redacted]");
-        }
-        let rec = serde_json::from_str(&json).map_err(|e| StoreError::Other(e.to_string()))?;
-        return Ok((rec, json));
-    }
-    Ok((rec, json))
+pub(crate) fn encode(rec: Record, redact: &Redactor) -> Result<(Record, String), StoreError> {
+    redact.record(rec).map_err(|e| StoreError::Other(e.to_string()))
 }
 
 /// The run's first record (`seq` 0), before the run exists.
-pub(crate) fn first_record(event: Event, clock: RunClock, redact: &[String]) -> Result<(Record, String), StoreError> {
+pub(crate) fn first_record(event: Event, clock: RunClock, redact: &Redactor) -> Result<(Record, String), StoreError> {
     let rec = Record {
         seq: 0,
         at: rfc3339(SystemTime::now()),
@@ -404,7 +385,8 @@ pub struct Journal {
     store: Store,
     run_id: Arc<str>,
     tip: Arc<Mutex<Tip>>,
-    redact: Arc<Vec<String>>,
+    /// Replaces secret values in records before anything is stored.
+    redact: Arc<Redactor>,
     clock: RunClock,
     observer: Arc<dyn Observer>,
 }
@@ -426,7 +408,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub struct Batch<'a> {
     tip: &'a mut Tip,
     clock: RunClock,
-    redact: &'a [String],
+    redact: &'a Redactor,
     out: Vec<(Record, String)>,
 }
 
@@ -486,7 +468,7 @@ impl Journal {
                 head,
                 broken: None,
             })),
-            redact: Arc::new(redactions(secrets)),
+            redact: Arc::new(Redactor::new(secrets)),
             clock,
             observer,
         }

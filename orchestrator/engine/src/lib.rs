@@ -6,6 +6,7 @@ pub mod crash;
 pub mod evidence;
 pub mod journal;
 pub mod plan;
+pub mod redact;
 pub mod run;
 pub mod state;
 pub mod store;

@@ -157,6 +157,26 @@ pub struct EvidenceConfig {
     pub signing_key: SecretRef,
     #[serde(default)]
     pub archive: Option<EvidenceArchive>,
+    /// The keys whose seals an auditor accepts, as drover prints their fingerprints
+    /// (`SHA256:` and 64 hex digits). `evidence verify` fails a run or bundle sealed by
+    /// any other key. Empty (the default): not pinned, and verification says so.
+    #[serde(default)]
+    pub trusted_keys: Vec<Located<String>>,
+}
+
+/// Checks that `s` is a key fingerprint as drover prints them: `SHA256:` and the 64 hex
+/// digits of the SHA-256 of the ed25519 public key.
+pub fn check_fingerprint(s: &str) -> Result<(), String> {
+    let ok = s
+        .strip_prefix("SHA256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a key fingerprint: expected `SHA256:` and 64 hex digits, as `drover evidence verify` prints it"
+        ))
+    }
 }
 
 fn default_signing_key() -> SecretRef {
@@ -168,6 +188,7 @@ impl Default for EvidenceConfig {
         Self {
             signing_key: default_signing_key(),
             archive: None,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -309,4 +330,29 @@ pub struct ExternalPlugin {
     /// Whether a completed change can be undone (the plugin gets `"op": "compensate"`).
     #[serde(default)]
     pub compensable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_fingerprint;
+
+    #[test]
+    fn fingerprints_are_sha256_and_64_hex_digits() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert!(check_fingerprint(&format!("SHA256:{hex}")).is_ok());
+        assert!(check_fingerprint(&format!("SHA256:{}", hex.to_uppercase())).is_ok());
+        for bad in [
+            hex.clone(),
+            format!("sha256:{hex}"),
+            format!("SHA256:{}", &hex[1..]),
+            format!("SHA256:{hex}0"),
+            format!("SHA256:{}g", &hex[1..]),
+            format!("SHA256: {hex}"),
+            "SHA256:00".to_owned(),
+            String::new(),
+        ] {
+            let e = check_fingerprint(&bad).expect_err(&bad);
+            assert!(e.contains("expected `SHA256:` and 64 hex digits"), "{e}");
+        }
+    }
 }

@@ -144,6 +144,11 @@ fn check_config(c: &Config, path: &Path, runbooks: &[crate::load::RunbookFile], 
             format!("state url `{url}` must be sqlite://PATH or postgres://..."),
         );
     }
+    for key in &c.evidence.trusted_keys {
+        if let Err(e) = crate::config::check_fingerprint(key) {
+            s.err(key.loc, e);
+        }
+    }
     if let Some(archive) = &c.evidence.archive {
         s.known(
             "object store",

@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use drover_engine::evidence::{Signer, Verification, export_bundle, verify_bundle, verify_records};
+use drover_engine::evidence::{
+    Signer, Verification, export_bundle, verify_bundle_pinned, verify_records, verify_records_pinned,
+};
 use drover_engine::view::RunView;
 use drover_engine::{RunState, Store};
 use drover_report::{Report, Trend};
@@ -134,6 +136,20 @@ pub fn trend(cli: &Cli, service: &str, format: TrendFormat, output: Option<&Path
     Ok(Exit::Passed)
 }
 
+/// The keys an evidence check accepts: those given with `--key` (checked here), else
+/// the config's `evidence.trusted_keys` (checked when the config was loaded).
+fn pins(key: &[String], config: Option<&drover_model::Config>) -> Result<Vec<String>, Failure> {
+    if !key.is_empty() {
+        for k in key {
+            drover_model::config::check_fingerprint(k).map_err(|e| Failure::Usage(anyhow::anyhow!("--key: {e}")))?;
+        }
+        return Ok(key.to_vec());
+    }
+    Ok(config
+        .map(|c| c.evidence.trusted_keys.iter().map(|k| k.value.clone()).collect())
+        .unwrap_or_default())
+}
+
 fn print_verification(v: &Verification, format: TextJson, what: &str) -> Result<(), Failure> {
     match format {
         TextJson::Json => super::print_json(&serde_json::json!({
@@ -143,20 +159,64 @@ fn print_verification(v: &Verification, format: TextJson, what: &str) -> Result<
             "digest": v.head,
             "signature": v.signature,
             "key_fingerprint": v.fingerprint,
+            "seals": v.seals.iter().map(|s| serde_json::json!({
+                "record": s.record,
+                "key_fingerprint": s.fingerprint,
+            })).collect::<Vec<_>>(),
+            "pinned": v.pinned(),
+            "trusted_keys": v.trusted_keys,
+            "key_trusted": v.key_trusted(),
             "first_bad_record": v.problem.as_ref().map(|p| p.record),
             "problem": v.problem.as_ref().map(|p| &p.message),
         }))?,
-        TextJson::Text => match &v.problem {
-            None => println!(
-                "intact: {what}: {} records, head {}, sealed by {}",
-                v.records,
-                v.head.as_deref().unwrap_or("-"),
-                v.fingerprint
-                    .as_deref()
-                    .unwrap_or("(not sealed: the run has not finished)")
-            ),
-            Some(p) => println!("TAMPERED: {what}: first bad record {}: {}", p.record, p.message),
-        },
+        TextJson::Text => {
+            match &v.problem {
+                None => {
+                    let sealed = match v.seals.as_slice() {
+                        [] => "(not sealed: the run has not finished)".to_owned(),
+                        [one] => one.fingerprint.clone(),
+                        many => many
+                            .iter()
+                            .map(|s| format!("{} (record {})", s.fingerprint, s.record))
+                            .collect::<Vec<_>>()
+                            .join(", then "),
+                    };
+                    println!(
+                        "intact: {what}: {} records, head {}, sealed by {sealed}",
+                        v.records,
+                        v.head.as_deref().unwrap_or("-"),
+                    );
+                }
+                Some(p) => println!("TAMPERED: {what}: first bad record {}: {}", p.record, p.message),
+            }
+            match v.key_trusted() {
+                _ if !v.pinned() => println!(
+                    "key: NOT PINNED: no trusted key is configured (evidence.trusted_keys) or given (--key), so this \
+                     shows that the records are unchanged since they were sealed, not who sealed them"
+                ),
+                Some(true) => println!(
+                    "key: trusted: every seal is by a pinned key ({})",
+                    v.trusted_keys.join(", ")
+                ),
+                Some(false) => println!(
+                    "key: NOT TRUSTED: sealed by {}, which is not pinned (trusted keys: {})",
+                    v.seals
+                        .iter()
+                        .map(|s| s.fingerprint.as_str())
+                        .filter(|f| !v.trusted_keys.iter().any(|k| k.eq_ignore_ascii_case(f)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    v.trusted_keys.join(", ")
+                ),
+                None if v.intact() => {
+                    println!(
+                        "key: pinned ({}), but the run is not sealed yet",
+                        v.trusted_keys.join(", ")
+                    )
+                }
+                None => println!("key: pinned: {}", v.trusted_keys.join(", ")),
+            }
+        }
     }
     Ok(())
 }
@@ -190,27 +250,25 @@ pub fn evidence(cli: &Cli, command: &EvidenceCommand) -> CmdResult {
         }
         EvidenceCommand::Verify { target, key, format } => {
             let path = Path::new(target);
-            let (mut v, what) = if path.is_file() {
+            let (v, what) = if path.is_file() {
+                // Offline, a config is optional: its pins apply when there is one.
+                let config = match key.is_empty() && cli.config.is_file() {
+                    true => Some(open(cli)?.1),
+                    false => None,
+                };
+                let trusted = pins(key, config.as_ref())?;
                 let bytes = std::fs::read(path)
                     .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
-                (verify_bundle(&bytes), path.display().to_string())
+                (verify_bundle_pinned(&bytes, &trusted), path.display().to_string())
             } else {
-                let (store, _) = open(cli)?;
+                let (store, config) = open(cli)?;
+                let trusted = pins(key, Some(&config))?;
                 let id = resolve(&store, target)?;
                 let state = state_of(&store, &id)?;
-                (check(&store, &state)?, format!("run {id}"))
+                let records = store.records(&state.id).map_err(|e| Failure::Other(e.into()))?;
+                let v = verify_records_pinned(&state.id, &records, state.finished.is_some(), &trusted);
+                (v, format!("run {id}"))
             };
-            if let (Some(want), None) = (key, &v.problem)
-                && v.fingerprint.as_deref() != Some(want.as_str())
-            {
-                v.problem = Some(drover_engine::evidence::Problem {
-                    record: v.records as u64,
-                    message: format!(
-                        "sealed by key {}, not by the required {want}",
-                        v.fingerprint.as_deref().unwrap_or("(none)")
-                    ),
-                });
-            }
             print_verification(&v, *format, &what)?;
             Ok(if v.intact() { Exit::Passed } else { Exit::Failed })
         }

@@ -249,7 +249,7 @@ impl Engine {
             })
             .collect();
         let change_kind = ChangeType::of(req.mode, req.options.scheduled);
-        let redact = crate::journal::redactions(&self.secrets);
+        let redact = Arc::new(crate::redact::Redactor::new(&self.secrets));
         let template = Event::RunStarted {
             runbook: rb.name.value.clone(),
             service: rb.service.value.clone(),
