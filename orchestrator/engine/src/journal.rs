@@ -629,3 +629,21 @@ pub fn load_records(store: &Store, run_id: &str) -> Result<Vec<Record>, StoreErr
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_clock_never_runs_behind_the_last_record() {
+        // The wall clock was set back: by it the run started only 1 s ago, but its last
+        // record was written at run-clock second 120.
+        let started = SystemTime::now() - Duration::from_secs(1);
+        let clock = RunClock::resume(started, 120.0);
+        assert!(clock.secs() >= 120.0, "{}", clock.secs());
+        // And the wall clock counts when it is ahead (drover was down a while).
+        let started = SystemTime::now() - Duration::from_secs(600);
+        let clock = RunClock::resume(started, 120.0);
+        assert!(clock.secs() >= 600.0, "{}", clock.secs());
+    }
+}
