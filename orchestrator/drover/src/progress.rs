@@ -317,6 +317,7 @@ impl Approver for Ui {
             Ok(Approval {
                 by: user,
                 via: "terminal".into(),
+                reason: None,
             })
         } else {
             Err(format!("`{step}` was not approved by {user} at the terminal"))

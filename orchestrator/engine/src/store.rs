@@ -132,7 +132,56 @@ CREATE TABLE IF NOT EXISTS change_numbers (
     year INTEGER PRIMARY KEY,
     last INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       TEXT NOT NULL,
+    who      TEXT NOT NULL,
+    role     TEXT,
+    action   TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    status   INTEGER NOT NULL,
+    detail   TEXT
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS schedule_firings (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    schedule TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    outcome  TEXT NOT NULL,
+    run_id   TEXT,
+    reason   TEXT
+);
+CREATE INDEX IF NOT EXISTS schedule_firings_by_name ON schedule_firings (schedule, id);
 "#;
+
+/// One entry of the audit log: an API call allowed or denied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    /// The token's name, or `anonymous`.
+    pub who: String,
+    pub role: Option<String>,
+    /// `METHOD /path`.
+    pub action: String,
+    /// `allowed` or `denied`.
+    pub decision: String,
+    pub status: u16,
+    pub detail: Option<String>,
+}
+
+/// One firing of a schedule: a run started, or skipped with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Firing {
+    pub schedule: String,
+    pub at: String,
+    /// `started`, `skipped` or `missed`.
+    pub outcome: String,
+    pub run_id: Option<String>,
+    pub reason: Option<String>,
+}
 
 /// Columns added after the first release, with their types: added on open when missing.
 const ADDED_COLUMNS: &[(&str, &str)] = &[("change_number", "TEXT"), ("acked_at", "TEXT")];
@@ -598,6 +647,75 @@ impl Store {
         })))?;
         rx.recv()
             .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
+    }
+
+    /// Appends an entry to the audit log.
+    pub async fn audit(&self, e: AuditEntry) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO audit (at, who, role, action, decision, status, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![e.at, e.who, e.role, e.action, e.decision, e.status, e.detail],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest audit entries, newest first.
+    pub fn audit_log(&self, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT at, who, role, action, decision, status, detail FROM audit ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([limit as i64], |r| {
+                Ok(AuditEntry {
+                    at: r.get(0)?,
+                    who: r.get(1)?,
+                    role: r.get(2)?,
+                    action: r.get(3)?,
+                    decision: r.get(4)?,
+                    status: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Records a schedule's firing.
+    pub async fn record_firing(&self, f: Firing) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO schedule_firings (schedule, at, outcome, run_id, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![f.schedule, f.at, f.outcome, f.run_id, f.reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A schedule's newest firings, newest first.
+    pub fn firings(&self, schedule: &str, limit: usize) -> StoreResult<Vec<Firing>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT schedule, at, outcome, run_id, reason FROM schedule_firings WHERE schedule = ?1
+                 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![schedule, limit as i64], |r| {
+                Ok(Firing {
+                    schedule: r.get(0)?,
+                    at: r.get(1)?,
+                    outcome: r.get(2)?,
+                    run_id: r.get(3)?,
+                    reason: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Every record of a run, in order.

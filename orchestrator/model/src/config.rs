@@ -40,6 +40,14 @@ pub struct Config {
     /// Engine settings: parallelism, anti-flap window.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// The daemon (`drover serve`): what it does with interrupted runs on start, and how
+    /// long it waits for steps in flight on shutdown.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Called on run started, finished, stuck and approval needed (JSON with a
+    /// Slack-compatible `text`).
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
     /// External plugins: executables used as `uses: ext.NAME`.
     #[serde(default)]
     pub plugins: Vec<ExternalPlugin>,
@@ -59,6 +67,7 @@ impl Config {
             out.extend(s.access_key_id.iter().chain(s.secret_access_key.iter()));
         }
         out.push(&self.evidence.signing_key);
+        out.extend(self.webhooks.iter().map(|w| &w.url));
         out
     }
 }
@@ -269,6 +278,65 @@ pub struct Schedule {
     /// `drill` (default) or `verify`; failovers are never scheduled.
     #[serde(default = "default_schedule_mode")]
     pub mode: Located<RunMode>,
+    /// The IANA time zone the expression is read in (`Europe/Berlin`); default UTC.
+    #[serde(default)]
+    pub timezone: Option<Located<String>>,
+}
+
+/// What the daemon does with runs it finds interrupted when it starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStart {
+    /// Resume them (the journal says where they are).
+    #[default]
+    Resume,
+    /// Leave them for an operator (`drover resume` or `drover ack`).
+    Hold,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default)]
+    pub on_start: OnStart,
+    /// On SIGTERM: how long steps in flight may take to reach a journaled point.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+}
+
+fn default_shutdown_grace() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            on_start: OnStart::Resume,
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// What a webhook is told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    RunStarted,
+    RunFinished,
+    RunStuck,
+    ApprovalNeeded,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub name: Located<String>,
+    /// The URL to POST to; a secret (`{env: NAME}` or `{file: PATH}`), as webhook URLs
+    /// usually carry a token.
+    pub url: SecretRef,
+    /// Which events; all when left out.
+    #[serde(default)]
+    pub events: Vec<WebhookEvent>,
 }
 
 fn default_schedule_mode() -> Located<RunMode> {

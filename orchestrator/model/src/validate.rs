@@ -191,7 +191,16 @@ fn check_config(c: &Config, path: &Path, runbooks: &[crate::load::RunbookFile], 
         if sch.mode.value == crate::config::RunMode::Failover {
             s.err(sch.mode.loc, "failovers are never scheduled: use `drill` or `verify`");
         }
+        if let Some(tz) = &sch.timezone
+            && tz.parse::<chrono_tz::Tz>().is_err()
+        {
+            s.err(
+                tz.loc,
+                format!("unknown time zone `{}`: use an IANA name such as `Europe/Berlin` or `UTC`", tz.value),
+            );
+        }
     }
+    s.unique("webhook", c.webhooks.iter().map(|x| &x.name));
     s.unique("plugin", c.plugins.iter().map(|x| &x.name));
     for p in &c.plugins {
         if p.name.is_empty()

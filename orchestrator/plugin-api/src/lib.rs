@@ -248,6 +248,9 @@ pub struct Approval {
     pub by: String,
     /// `--yes`, `terminal`, `api`.
     pub via: String,
+    /// Why (the API requires one).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Releases `manual.approve` gates: a terminal prompt in the CLI, the API in the daemon.

@@ -66,6 +66,7 @@ impl Action for Approve {
             Approval {
                 by: current_user(),
                 via: "--yes".into(),
+                reason: None,
             }
         } else {
             tokio::select! {
@@ -74,10 +75,17 @@ impl Action for Approve {
             }
         };
         Ok(
-            StepOutput::new(format!("approved by {} via {}", approval.by, approval.via)).with_data(json!({
+            StepOutput::new(format!(
+                "approved by {} via {}{}",
+                approval.by,
+                approval.via,
+                approval.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            ))
+            .with_data(json!({
                 "prompt": p.prompt.as_str(),
                 "approved_by": approval.by,
                 "via": approval.via,
+                "reason": approval.reason,
             })),
         )
     }

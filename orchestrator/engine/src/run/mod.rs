@@ -120,6 +120,11 @@ impl RunHandle {
         self.events.subscribe()
     }
 
+    /// Where the run's records are sent (subscribe to it later, e.g. per API client).
+    pub fn events_sender(&self) -> broadcast::Sender<Record> {
+        self.events.clone()
+    }
+
     /// Waits for the run to end (or be interrupted).
     pub async fn wait(self) -> Result<RunState, EngineError> {
         self.task
