@@ -19,6 +19,7 @@ mod support;
 
 mod cli;
 mod crashes;
+mod daemon;
 mod diagnostics;
 mod engine;
 mod examples;

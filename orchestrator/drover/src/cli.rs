@@ -24,6 +24,10 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log lines for people (`human`) or one JSON object per line (`json`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -114,6 +118,19 @@ pub enum Command {
         yes: bool,
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
+    },
+    /// The daemon: scheduled drills, the HTTPS API with roles, the dashboard, metrics.
+    ///
+    /// Listens on `api.listen` (TLS from `api.tls`; a non-loopback address needs TLS),
+    /// runs the `schedules`, resumes the runs it finds interrupted (`daemon.on_start`),
+    /// releases `manual.approve` gates from the API, reloads its files on SIGHUP (an
+    /// invalid set is refused and the old one kept) and on SIGTERM stops accepting, lets
+    /// steps in flight reach a journaled point (`daemon.shutdown_grace`) and exits 0.
+    /// Prints `listening on URL` on stdout once it serves.
+    Serve {
+        /// Print the route table (method, path, role) as JSON and exit.
+        #[arg(long, hide = true)]
+        routes: bool,
     },
     /// An operator takes over a stuck run: records who and why, frees its service.
     ///
@@ -273,6 +290,12 @@ pub enum CmdbCommand {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

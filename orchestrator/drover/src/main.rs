@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod progress;
+mod serve;
 mod workspace;
 
 use std::process::ExitCode;
@@ -59,26 +60,35 @@ impl From<std::io::Error> for Failure {
 
 pub type CmdResult = Result<Exit, Failure>;
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
+fn init_tracing(verbose: u8, format: cli::LogFormat, daemon: bool) {
+    // The daemon logs what it does at info: that is its progress.
+    let default = match (verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    match format {
+        cli::LogFormat::Human => fmt.init(),
+        cli::LogFormat::Json => fmt.json().with_current_span(true).with_span_list(true).init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // rustls everywhere, with ring as its one crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_tracing(cli.verbose);
+    init_tracing(
+        cli.verbose,
+        cli.log_format,
+        matches!(cli.command, Command::Serve { .. }),
+    );
     let result = match &cli.command {
         Command::Validate { format } => commands::validate::run(&cli, *format),
         Command::Plan { runbook, format } => commands::plan::run(&cli, runbook, *format),
@@ -136,6 +146,7 @@ fn main() -> ExitCode {
         ),
         Command::Resume { run, yes, format } => commands::run::resume(&cli, run, *yes, *format),
         Command::Ack { run, reason, format } => commands::run::ack(&cli, run, reason, *format),
+        Command::Serve { routes } => serve::run(&cli, *routes),
         Command::Runs { command } => commands::runs::run(&cli, command),
         Command::Report { run, format, output } => commands::records::report(&cli, run, *format, output.as_deref()),
         Command::Change { command } => commands::records::change(&cli, command),

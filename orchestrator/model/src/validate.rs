@@ -196,7 +196,10 @@ fn check_config(c: &Config, path: &Path, runbooks: &[crate::load::RunbookFile], 
         {
             s.err(
                 tz.loc,
-                format!("unknown time zone `{}`: use an IANA name such as `Europe/Berlin` or `UTC`", tz.value),
+                format!(
+                    "unknown time zone `{}`: use an IANA name such as `Europe/Berlin` or `UTC`",
+                    tz.value
+                ),
             );
         }
     }

@@ -74,20 +74,18 @@ impl Action for Approve {
                 () = cx.cancel.cancelled() => return Err(ActionError::Cancelled),
             }
         };
-        Ok(
-            StepOutput::new(format!(
-                "approved by {} via {}{}",
-                approval.by,
-                approval.via,
-                approval.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
-            ))
-            .with_data(json!({
-                "prompt": p.prompt.as_str(),
-                "approved_by": approval.by,
-                "via": approval.via,
-                "reason": approval.reason,
-            })),
-        )
+        Ok(StepOutput::new(format!(
+            "approved by {} via {}{}",
+            approval.by,
+            approval.via,
+            approval.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        ))
+        .with_data(json!({
+            "prompt": p.prompt.as_str(),
+            "approved_by": approval.by,
+            "via": approval.via,
+            "reason": approval.reason,
+        })))
     }
 
     async fn compensate(&self, _: &StepContext, _: Option<&StepOutput>) -> Result<(), ActionError> {

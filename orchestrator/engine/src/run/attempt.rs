@@ -183,8 +183,13 @@ fn noted(e: ActionError, note: &str) -> ActionError {
     }
 }
 
-/// Drives `a` to its end, journaling through `rec`.
+/// Drives `a` to its end, journaling through `rec`, in a span of its own.
 pub(crate) async fn drive(ctx: &Arc<Ctx>, a: Attempts<'_>, rec: &dyn Records) -> Result<End, EngineError> {
+    let span = tracing::info_span!("step", step = %a.id, phase = ?a.phase, uses = %a.action.kind());
+    tracing::Instrument::instrument(drive_inner(ctx, a, rec), span).await
+}
+
+async fn drive_inner(ctx: &Arc<Ctx>, a: Attempts<'_>, rec: &dyn Records) -> Result<End, EngineError> {
     let class = a.action.class();
     let first = Instant::now();
     let mut n = a.prior_attempts;

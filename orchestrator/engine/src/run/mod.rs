@@ -341,11 +341,15 @@ impl Engine {
             abort: abort.clone(),
             scope: RunScope::new(),
         });
-        let task = tokio::spawn(async move {
-            let result = drive::drive(ctx).await;
-            drop(lock);
-            result
-        });
+        let span = tracing::info_span!("run", run = %id, runbook = %rb.name.value, mode = req.mode.as_str());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = drive::drive(ctx).await;
+                drop(lock);
+                result
+            },
+            span,
+        ));
         Ok(RunHandle {
             id,
             stop,
@@ -501,11 +505,15 @@ impl Engine {
                 tracing::warn!(step = %st.id, error = %e, "could not restart the step's background work");
             }
         }
-        let task = tokio::spawn(async move {
-            let result = drive::drive(ctx).await;
-            drop(lock);
-            result
-        });
+        let span = tracing::info_span!("run", run = %run_id, runbook = %state.runbook, resumed = true);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = drive::drive(ctx).await;
+                drop(lock);
+                result
+            },
+            span,
+        ));
         Ok(RunHandle {
             id: run_id.to_owned(),
             stop,

@@ -1,0 +1,639 @@
+//! `drover serve`, the real binary, over real TLS (a CA and a server certificate made
+//! with rcgen for each test), with the real SQLite store and real child processes: the
+//! route table × roles × credentials, runs started and gated over the API, the
+//! scheduler, SIGTERM and restart, SIGHUP, webhooks.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Fixture, drover_bin};
+
+const TOKENS: [(&str, &str); 4] = [
+    ("viewer", "tok-viewer-0123456789"),
+    ("operator", "tok-operator-0123456789"),
+    ("auditor", "tok-auditor-0123456789"),
+    ("admin", "tok-admin-0123456789"),
+];
+
+fn sha(s: &str) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+fn token(role: &str) -> &'static str {
+    TOKENS.iter().find(|(r, _)| *r == role).unwrap().1
+}
+
+/// A test CA and a server certificate for 127.0.0.1, written to the fixture.
+fn certificates(fx: &Fixture) -> String {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "drover test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    fx.write("tls/ca.pem", &ca.pem());
+    fx.write("tls/server.pem", &cert.pem());
+    fx.write("tls/server.key", &key.serialize_pem());
+    ca.pem()
+}
+
+/// The daemon's config: TLS, the four tokens, engine settings for quick tests.
+fn config(fx: &Fixture, extra: &str) -> String {
+    let tokens: Vec<String> = TOKENS
+        .iter()
+        .map(|(role, t)| format!("{{name: {role}-bot, role: {role}, sha256: \"{}\"}}", sha(t)))
+        .collect();
+    let text = format!(
+        r#"sites: [{{name: east}}, {{name: west}}]
+state: {{url: "sqlite://state/state.db"}}
+engine: {{max_parallel: 16, retry_backoff: 50ms, anti_flap: 1h}}
+api:
+  listen: "127.0.0.1:0"
+  tls: {{cert: tls/server.pem, key: tls/server.key}}
+  tokens: [{}]
+daemon: {{shutdown_grace: 2s}}
+cmdb: cmdb.yaml
+runbooks: runbooks
+{extra}"#,
+        tokens.join(", ")
+    );
+    fx.write("drover.yaml", &text);
+    text
+}
+
+const CMDB: &str = "tiers: {gold: {rto: 15m, rpo: 1m}}\nitems:\n  - {id: svc, kind: business_service, tier: gold}\n  - {id: other, kind: business_service}\n";
+
+const QUICK: &str =
+    "name: quick\nservice: svc\nsteps:\n  - {id: a, uses: exec.run, with: {command: [sh, -c, \"echo a >> log\"]}}\n";
+
+const GATED: &str = r#"name: gated
+service: other
+steps:
+  - {id: gate, uses: manual.approve, with: {prompt: "Fail over now?"}}
+  - {id: after, uses: exec.run, with: {command: [sh, -c, "echo after >> log"]}, needs: [gate]}
+"#;
+
+fn fixture(extra_config: &str) -> (Fixture, String) {
+    let fx = Fixture::empty();
+    let ca = certificates(&fx);
+    config(&fx, extra_config);
+    fx.write("cmdb.yaml", CMDB);
+    fx.write("runbooks/quick.yaml", QUICK);
+    fx.write("runbooks/gated.yaml", GATED);
+    (fx, ca)
+}
+
+/// A running `drover serve` and an HTTPS client that trusts the test CA.
+struct Daemon {
+    child: Child,
+    url: String,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(fx: &Fixture, ca: &str) -> Daemon {
+        let mut cmd = Command::new(drover_bin());
+        cmd.current_dir(fx.root()).arg("--config").arg(fx.config()).arg("serve");
+        start_with(cmd, ca)
+    }
+
+    /// One call: (status, body).
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        self.rt.block_on(async {
+            let r = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        })
+    }
+
+    fn json(&self, method: &str, path: &str, role: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = self.call(method, path, Some(token(role)), body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Polls a run until it has an outcome.
+    fn wait_finished(&self, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let (_, run) = self.json("GET", &format!("/api/v1/runs/{id}"), "viewer", None);
+            if !run["outcome"].is_null() {
+                return run;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "run {id} did not finish: {run:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(
+            Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for the process to exit; its exit code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(start.elapsed() < within, "drover serve did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_run(d: &Daemon, runbook: &str, mode: &str) -> String {
+    let (status, v) = d.json(
+        "POST",
+        "/api/v1/runs",
+        "operator",
+        Some(json!({"runbook": runbook, "mode": mode, "reason": "integration test"})),
+    );
+    assert_eq!(status, 202, "{v:#}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn every_route_answers_only_the_roles_it_allows() {
+    let (fx, ca) = fixture("");
+    let out = crate::support::drover()
+        .current_dir(fx.root())
+        .args(["--config"])
+        .arg(fx.config())
+        .args(["serve", "--routes"])
+        .output()
+        .unwrap();
+    let routes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(routes.len() >= 15, "{routes:#?}");
+    let d = Daemon::start(&fx, &ca);
+    let id = start_run(&d, "quick", "drill");
+    d.wait_finished(&id);
+    let allows = |role: &str, needed: &str| role == "admin" || role == needed || needed == "viewer";
+    let mut wrong = Vec::new();
+    for r in &routes {
+        let method = r["method"].as_str().unwrap();
+        let path = r["path"].as_str().unwrap().replace("{id}", &id).replace("{ci}", "svc");
+        let needed = r["role"].as_str();
+        let (no_token, _) = d.call(method, &path, None, None);
+        let (bad_token, _) = d.call(method, &path, Some("not-a-token"), None);
+        match needed {
+            None => {
+                if no_token == 401 || no_token == 403 {
+                    wrong.push(format!("{method} {path} is public, yet {no_token} without a token"));
+                }
+            }
+            Some(needed) => {
+                if no_token != 401 {
+                    wrong.push(format!("{method} {path}: {no_token} without a token, expected 401"));
+                }
+                if bad_token != 401 {
+                    wrong.push(format!("{method} {path}: {bad_token} with a wrong token, expected 401"));
+                }
+                for (role, t) in TOKENS {
+                    let (status, body) = d.call(method, &path, Some(t), None);
+                    let ok = allows(role, needed);
+                    if ok && (status == 401 || status == 403) {
+                        wrong.push(format!("{method} {path}: {status} for {role}, which it allows: {body}"));
+                    }
+                    if !ok && status != 403 {
+                        wrong.push(format!("{method} {path}: {status} for {role}, expected 403"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Every call was audited, the denied ones too.
+    let (status, log) = d.json("GET", "/api/v1/audit", "admin", None);
+    assert_eq!(status, 200);
+    let entries = log.as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["decision"] == "denied" && e["who"] == "anonymous" && e["status"] == 401)
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["decision"] == "denied" && e["who"] == "viewer-bot" && e["status"] == 403)
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["decision"] == "allowed" && e["who"] == "operator-bot" && e["action"] == "POST /api/v1/runs")
+    );
+}
+
+#[test]
+fn a_drill_started_over_the_api_finishes_and_its_records_are_served() {
+    let (fx, ca) = fixture("");
+    let d = Daemon::start(&fx, &ca);
+    // A body without its reason is a 400 that names the field.
+    let (status, v) = d.json(
+        "POST",
+        "/api/v1/runs",
+        "operator",
+        Some(json!({"runbook": "quick", "mode": "drill"})),
+    );
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("`reason`"), "{v:#}");
+    let (status, v) = d.json(
+        "POST",
+        "/api/v1/runs",
+        "operator",
+        Some(json!({"runbook": "nope", "mode": "drill", "reason": "x"})),
+    );
+    assert_eq!(status, 404, "{v:#}");
+    let id = start_run(&d, "quick", "drill");
+    let run = d.wait_finished(&id);
+    assert_eq!(run["outcome"], "passed", "{run:#}");
+    assert_eq!(run["change"]["requested_by"], "operator-bot", "{run:#}");
+    let (status, html) = d.call(
+        "GET",
+        &format!("/api/v1/runs/{id}/report?format=html"),
+        Some(token("viewer")),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(html.contains("<svg"), "the report has its chart");
+    let (status, bundle) = d.call(
+        "GET",
+        &format!("/api/v1/runs/{id}/evidence"),
+        Some(token("auditor")),
+        None,
+    );
+    assert_eq!(status, 200);
+    fx.write("bundle.json", &bundle);
+    let out = crate::support::drover()
+        .current_dir(fx.root())
+        .args(["evidence", "verify"])
+        .arg(fx.path("bundle.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // The journal as server-sent events: every record, then the stream ends.
+    let (status, sse) = d.call("GET", &format!("/api/v1/runs/{id}/events"), Some(token("viewer")), None);
+    assert_eq!(status, 200);
+    assert!(
+        sse.contains("event: run_started") && sse.contains("event: sealed"),
+        "{sse}"
+    );
+    let (_, metrics) = d.call("GET", "/metrics", Some(token("viewer")), None);
+    assert!(
+        metrics.contains("drover_runs_total{mode=\"drill\",outcome=\"passed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drover_rto_target_seconds{service=\"svc\"} 900"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_approval_over_the_api_releases_a_gate_and_a_reject_fails_it() {
+    let (fx, ca) = fixture("");
+    let d = Daemon::start(&fx, &ca);
+    for (decision, outcome) in [("approve", "passed"), ("reject", "failed")] {
+        let id = start_run(&d, "gated", "drill");
+        let start = Instant::now();
+        loop {
+            let (_, run) = d.json("GET", &format!("/api/v1/runs/{id}"), "viewer", None);
+            if run["pending_approvals"].as_array().is_some_and(|a| !a.is_empty()) {
+                assert_eq!(run["pending_approvals"][0]["step"], "gate");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no gate waited: {run:#}");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let (status, v) = d.json(
+            "POST",
+            &format!("/api/v1/runs/{id}/approve"),
+            "operator",
+            Some(json!({"step": "nothing", "reason": "x"})),
+        );
+        assert_eq!(status, 409, "{v:#}");
+        let (status, v) = d.json(
+            "POST",
+            &format!("/api/v1/runs/{id}/approve"),
+            "operator",
+            Some(json!({"step": "gate", "reason": "checked the standby", "decision": decision})),
+        );
+        assert_eq!(status, 200, "{v:#}");
+        let run = d.wait_finished(&id);
+        assert_eq!(run["outcome"], outcome, "{run:#}");
+        let gate = run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "gate")
+            .unwrap()
+            .clone();
+        let said = format!("{} {}", gate["summary"], gate["error"]);
+        assert!(
+            said.contains("operator-bot") && said.contains("checked the standby"),
+            "{gate:#}"
+        );
+    }
+    assert_eq!(fx.read("log"), "after\n", "only the approved run went past its gate");
+}
+
+#[test]
+fn the_scheduler_fires_and_skips_a_busy_service() {
+    let (fx, ca) = fixture("schedules: [{name: often, runbook: slow, cron: \"* * * * * *\"}]\n");
+    fx.write(
+        "runbooks/slow.yaml",
+        "name: slow\nservice: svc\nsteps:\n  - {id: a, uses: exec.run, with: {command: [sleep, \"2.5\"]}}\n",
+    );
+    let d = Daemon::start(&fx, &ca);
+    let start = Instant::now();
+    let schedule = loop {
+        let (_, v) = d.json("GET", "/api/v1/schedules", "viewer", None);
+        let s = v[0].clone();
+        if s["skipped"].as_array().is_some_and(|a| !a.is_empty()) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "nothing skipped: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(schedule["next"].is_string(), "{schedule:#}");
+    let reason = schedule["skipped"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("is being worked on by run"), "{reason}");
+    let (_, runs) = d.json("GET", "/api/v1/runs", "viewer", None);
+    let first = runs.as_array().unwrap().last().unwrap();
+    assert_eq!(
+        first["change"]["type"], "standard",
+        "a scheduled run is a standard change"
+    );
+    let (_, metrics) = d.call("GET", "/metrics", Some(token("viewer")), None);
+    assert!(
+        metrics.contains("drover_schedule_skipped_total{schedule=\"often\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sigterm_during_a_run_then_a_restart_resumes_it_to_its_end() {
+    let (fx, ca) = fixture("");
+    fx.write(
+        "runbooks/long.yaml",
+        "name: long\nservice: svc\nsteps:\n  - {id: wait, uses: exec.run, with: {command: [sh, -c, \"touch started; while [ ! -f go ]; do sleep 0.05; done; echo done >> log\"]}}\n",
+    );
+    let mut d = Daemon::start(&fx, &ca);
+    let id = start_run(&d, "long", "drill");
+    crate::engine::wait_for(&fx.path("started"), Duration::from_secs(30));
+    d.signal("-TERM");
+    // Within the shutdown grace (2 s) and the cancellation that follows it.
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        d.stderr.lock().unwrap()
+    );
+    fx.write("go", "");
+    let d = Daemon::start(&fx, &ca);
+    let run = d.wait_finished(&id);
+    assert_eq!(run["outcome"], "passed", "{run:#}");
+    assert_eq!(run["resumes"], 1);
+    assert_eq!(fx.read("log"), "done\n");
+}
+
+#[test]
+fn sighup_reloads_valid_files_and_keeps_the_old_ones_when_broken() {
+    let (fx, ca) = fixture("");
+    let d = Daemon::start(&fx, &ca);
+    let names = |d: &Daemon| -> Vec<String> {
+        let (_, v) = d.json("GET", "/api/v1/runbooks", "viewer", None);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&d), ["gated", "quick"]);
+    fx.write(
+        "runbooks/quick.yaml",
+        "name: quick\nservice: svc\nsteps:\n  - {id: a, uses: exec.nope}\n",
+    );
+    d.signal("-HUP");
+    let start = Instant::now();
+    while !d.stderr.lock().unwrap().contains("reload refused") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            d.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        d.stderr.lock().unwrap().contains("quick.yaml:4:"),
+        "{}",
+        d.stderr.lock().unwrap()
+    );
+    let id = start_run(&d, "quick", "drill");
+    assert_eq!(
+        d.wait_finished(&id)["outcome"],
+        "passed",
+        "the old runbook is still in use"
+    );
+    fx.write("runbooks/third.yaml", &QUICK.replace("name: quick", "name: third"));
+    fx.write("runbooks/quick.yaml", QUICK);
+    d.signal("-HUP");
+    let start = Instant::now();
+    while names(&d).len() != 3 {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0;
+            // Read the headers and the body (content-length).
+            loop {
+                let m = s.read(&mut buf[n..]).unwrap_or(0);
+                if m == 0 {
+                    break;
+                }
+                n += m;
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        sink.lock().unwrap().push(body.to_owned());
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (fx, ca) = fixture(
+        "webhooks:\n  - {name: chat, url: {env: HOOK_URL}}\n  - {name: gone, url: {env: DEAD_URL}, events: [run_finished]}\n",
+    );
+    let d = {
+        let mut child = Command::new(drover_bin());
+        child
+            .current_dir(fx.root())
+            .arg("--config")
+            .arg(fx.config())
+            .arg("serve")
+            .env("HOOK_URL", format!("http://127.0.0.1:{port}/hook?token=s3cr3t-hook"))
+            .env("DEAD_URL", format!("http://127.0.0.1:{dead}/"));
+        start_with(child, &ca)
+    };
+    let id = start_run(&d, "quick", "drill");
+    assert_eq!(d.wait_finished(&id)["outcome"], "passed");
+    let start = Instant::now();
+    while got.lock().unwrap().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{:?}", got.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bodies: Vec<Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert!(bodies.iter().any(|b| b["event"] == "run_started"), "{bodies:#?}");
+    let fin = bodies
+        .iter()
+        .find(|b| b["event"] == "run_finished")
+        .expect("run_finished");
+    assert_eq!(fin["outcome"], "passed");
+    assert!(fin["text"].as_str().unwrap().contains("PASSED"), "{fin:#}");
+    assert!(fin["report"].as_str().unwrap().contains(&id));
+    // The dead webhook is retried in the background and never named by its URL.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = d.stderr.lock().unwrap().clone();
+    assert!(log.contains("webhook=gone"), "{log}");
+    assert!(!log.contains("s3cr3t-hook"), "a webhook URL is a secret: {log}");
+}
+
+/// Starts `drover serve` as `cmd` says and waits until it listens.
+fn start_with(mut cmd: Command, ca: &str) -> Daemon {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut child = cmd
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no `listening on` line: {line:?}\n{}", stderr.lock().unwrap()))
+        .to_owned();
+    assert!(url.starts_with("https://"), "{url}");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Daemon {
+        child,
+        url,
+        client,
+        rt,
+        stderr,
+    }
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_tls() {
+    let (fx, _) = fixture("");
+    let text = fx.read("drover.yaml").replace(
+        "  listen: \"127.0.0.1:0\"\n  tls: {cert: tls/server.pem, key: tls/server.key}\n",
+        "  listen: \"0.0.0.0:0\"\n",
+    );
+    fx.write("drover.yaml", &text);
+    let out = fx.drover().arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without TLS"));
+}
