@@ -637,3 +637,41 @@ fn serve_refuses_a_public_address_without_tls() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without TLS"));
 }
+
+#[test]
+fn firings_missed_while_the_daemon_was_down_are_reported_once_not_replayed() {
+    let (fx, ca) = fixture("schedules: [{name: often, runbook: quick, cron: \"* * * * * *\"}]\n");
+    let mut d = Daemon::start(&fx, &ca);
+    let start = Instant::now();
+    while d.json("GET", "/api/v1/schedules", "viewer", None).1[0]["last"].is_null() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0));
+    let runs_before = fx.read("log").lines().count();
+    std::thread::sleep(Duration::from_millis(3500));
+    let d = Daemon::start(&fx, &ca);
+    let (_, v) = d.json("GET", "/api/v1/schedules", "viewer", None);
+    let missed: Vec<&Value> = v[0]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["outcome"] == "missed")
+        .collect();
+    assert_eq!(missed.len(), 1, "{v:#}");
+    assert!(
+        missed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missed while the daemon was down"),
+        "{v:#}"
+    );
+    // Not replayed: at most the one or two firings since the restart ran.
+    std::thread::sleep(Duration::from_millis(300));
+    let runs_after = fx.read("log").lines().count();
+    assert!(
+        runs_after <= runs_before + 2,
+        "{runs_before} -> {runs_after}: a burst of replays"
+    );
+}
