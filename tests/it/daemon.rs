@@ -675,3 +675,183 @@ fn firings_missed_while_the_daemon_was_down_are_reported_once_not_replayed() {
         "{runs_before} -> {runs_after}: a burst of replays"
     );
 }
+
+/// A minimal WebDriver client (the W3C protocol is JSON over HTTP) for chromedriver.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    _profile: tempfile::TempDir,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    fn start() -> Browser {
+        let driver_bin = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("chromedriver is missing: `apt-get install chromium chromium-driver` (.ci/run installs them)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        while rt.block_on(http.get(format!("{base}/status")).send()).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut b = Browser {
+            driver,
+            base,
+            session: String::new(),
+            http,
+            rt,
+            _profile: profile,
+        };
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "acceptInsecureCerts": true,
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                format!("--user-data-dir={}", b._profile.path().display()),
+            ]},
+        }}});
+        let v = b.cmd("POST", "/session", Some(caps));
+        b.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v:#}"))
+            .to_owned();
+        b
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = if path == "/session" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/session/{}{path}", self.base, self.session)
+        };
+        let mut req = self.http.request(method.parse().unwrap(), url);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let text = self
+            .rt
+            .block_on(async { req.send().await.unwrap().text().await.unwrap() });
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url})));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})));
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element `{css}`: {v}"))
+            .to_owned()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.cmd("POST", &format!("/element/{e}/value"), Some(json!({"text": text})));
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+
+    fn source(&self) -> String {
+        self.cmd("GET", "/source", None).as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The page, once it contains `text` (a form post navigates asynchronously).
+    #[track_caller]
+    fn wait_for(&self, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let page = self.source();
+            if page.contains(text) {
+                return page;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no `{text}` on the page: {page}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            self.cmd("DELETE", "", None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn in_a_real_browser_an_operator_logs_in_sees_the_run_and_approves_its_gate() {
+    let (fx, ca) = fixture("");
+    let d = Daemon::start(&fx, &ca);
+    let id = start_run(&d, "gated", "drill");
+    let start = Instant::now();
+    while d.json("GET", &format!("/api/v1/runs/{id}"), "viewer", None).1["pending_approvals"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let b = Browser::start();
+    b.go(&format!("{}/", d.url));
+    b.wait_for("API token");
+    b.type_into("input[name=token]", "not-the-token");
+    b.click("button");
+    b.wait_for("not valid");
+    b.type_into("input[name=token]", token("operator"));
+    b.click("button");
+    let page = b.wait_for("Approvals waiting");
+    assert!(page.contains(&id), "the dashboard lists the run: {page}");
+    assert!(page.contains("Fail over now?"), "and its gate: {page}");
+    b.type_into("input[name=reason]", "standby checked by hand");
+    b.click("button[value=approve]");
+    let run = d.wait_finished(&id);
+    assert_eq!(run["outcome"], "passed", "{run:#}");
+    let gate = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "gate")
+        .unwrap()
+        .clone();
+    assert!(
+        gate["summary"].as_str().unwrap().contains("standby checked by hand"),
+        "{gate:#}"
+    );
+    b.go(&format!("{}/", d.url));
+    b.wait_for("badge passed");
+}
