@@ -23,6 +23,7 @@ mod engine;
 mod examples;
 mod fuzz;
 mod inprocess;
+mod kubernetes;
 mod planning;
 mod postgres;
 mod records;

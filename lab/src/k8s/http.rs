@@ -149,7 +149,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let q = req.uri().query().map(str::to_owned);
-    let resp = route(&shared, req).await;
+    let resp = route(&shared, req, true).await;
     shared.log.lock().expect("log").push(Logged {
         method: method.to_string(),
         path,
@@ -159,7 +159,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
     Ok(resp)
 }
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>, faults: bool) -> Response<Body> {
     // Authentication: a bearer token of a known user, else 401.
     let token = req
         .headers()
@@ -186,7 +186,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let workload_route = segs.first() == Some(&"apis") && segs.len() > 3;
 
     // Faults apply to the API proper (not discovery), in the order they were injected.
-    if workload_route {
+    if workload_route && faults {
         let write = method != Method::GET;
         let fault = shared.take_fault(|s| match s {
             Scope::Any => !is_watch,
@@ -216,10 +216,31 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     504 => "Timeout",
                     _ => "InternalError",
                 };
-                return error(code, reason, format!("injected fault: the server answered {code}"), None);
+                return error(
+                    code,
+                    reason,
+                    format!("injected fault: the server answered {code}"),
+                    None,
+                );
             }
-            Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+            // The request is carried out at once; its answer comes late (a change whose
+            // answer never arrives in time is the classic unknown outcome).
+            Some(Fault::Slow(d)) => {
+                let resp = Box::pin(route(shared, req, false)).await;
+                tokio::time::sleep(d).await;
+                return resp;
+            }
             Some(Fault::DropWatch) => return watch(shared, &segs, &params, true).await,
+            Some(Fault::WatchGone) => {
+                let rv = shared.store.lock().expect("store").rv;
+                let from = params.get("resourceVersion").cloned().unwrap_or_default();
+                let st = status(410, "Expired", format!("too old resource version: {from} ({rv})"), None);
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Full::new(event_line("ERROR", &st)).boxed())
+                    .expect("a valid response");
+            }
             None => {}
         }
     }
@@ -326,7 +347,15 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                         Ok(b) => b.to_bytes(),
                         Err(e) => return error(400, "BadRequest", format!("reading the body: {e}"), None),
                     };
-                    write(shared, &key, m == Method::PATCH, !sub.is_empty(), &ctype, &body, &params)
+                    write(
+                        shared,
+                        &key,
+                        m == Method::PATCH,
+                        !sub.is_empty(),
+                        &ctype,
+                        &body,
+                        &params,
+                    )
                 }
                 (m, _) => error(
                     405,
@@ -336,7 +365,12 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
-        _ => error(404, "NotFound", "the server could not find the requested resource", None),
+        _ => error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        ),
     }
 }
 
@@ -351,18 +385,24 @@ fn apps_resources() -> Value {
         ("deployments", "deployment", "Deployment", "deploy"),
         ("statefulsets", "statefulset", "StatefulSet", "sts"),
     ] {
-        resources.push(json!({"name": plural, "singularName": singular, "namespaced": true, "kind": kind,
-            "verbs": ["get", "list", "patch", "update", "watch"], "shortNames": [short], "categories": ["all"]}));
-        resources.push(json!({"name": format!("{plural}/scale"), "singularName": "", "namespaced": true,
-            "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
-        resources.push(json!({"name": format!("{plural}/status"), "singularName": "", "namespaced": true,
-            "kind": kind, "verbs": ["get"]}));
+        resources.push(
+            json!({"name": plural, "singularName": singular, "namespaced": true, "kind": kind,
+            "verbs": ["get", "list", "patch", "update", "watch"], "shortNames": [short], "categories": ["all"]}),
+        );
+        resources.push(
+            json!({"name": format!("{plural}/scale"), "singularName": "", "namespaced": true,
+            "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
+        );
+        resources.push(
+            json!({"name": format!("{plural}/status"), "singularName": "", "namespaced": true,
+            "kind": kind, "verbs": ["get"]}),
+        );
     }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1", "resources": resources})
 }
 
 /// The autoscaling/v1 `Scale` of a workload.
-fn scale_of(kind: Kind, v: &Value) -> Value {
+fn scale_of(v: &Value) -> Value {
     let m = &v["metadata"];
     let selector = v["spec"]["selector"]["matchLabels"]
         .as_object()
@@ -373,7 +413,6 @@ fn scale_of(kind: Kind, v: &Value) -> Value {
                 .join(",")
         })
         .unwrap_or_default();
-    let _ = kind;
     json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
             "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
@@ -384,7 +423,7 @@ fn scale_of(kind: Kind, v: &Value) -> Value {
 fn get(shared: &Arc<Shared>, key: &Key, scale: bool) -> Response<Body> {
     let store = shared.store.lock().expect("store");
     match store.objects.get(key) {
-        Some(o) if scale => respond(200, &scale_of(key.0, &o.value)),
+        Some(o) if scale => respond(200, &scale_of(&o.value)),
         Some(o) => respond(200, &o.value),
         None => not_found(key.0, &key.2),
     }
@@ -400,7 +439,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn parse(params: &BTreeMap<String, String>) -> Result<Filter, Response<Body>> {
+    fn parse(params: &BTreeMap<String, String>) -> Result<Filter, String> {
         let mut f = Filter::default();
         for term in params.get("fieldSelector").into_iter().flat_map(|s| s.split(',')) {
             let term = term.trim();
@@ -411,11 +450,8 @@ impl Filter {
                 Some(("metadata.name", v)) => f.name = Some(v.trim_start_matches('=').to_owned()),
                 Some(("metadata.namespace", v)) => f.namespace = Some(v.trim_start_matches('=').to_owned()),
                 _ => {
-                    return Err(error(
-                        400,
-                        "BadRequest",
-                        format!("unable to parse requirement: field label not supported: {term}"),
-                        None,
+                    return Err(format!(
+                        "unable to parse requirement: field label not supported: {term}"
                     ));
                 }
             }
@@ -430,12 +466,7 @@ impl Filter {
                     f.labels.push((k.to_owned(), v.trim_start_matches('=').to_owned()))
                 }
                 _ => {
-                    return Err(error(
-                        400,
-                        "BadRequest",
-                        format!("the simulator supports equality label selectors only: {term}"),
-                        None,
-                    ));
+                    return Err(format!("the simulator supports equality label selectors only: {term}"));
                 }
             }
         }
@@ -455,7 +486,7 @@ impl Filter {
 fn list(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, params: &BTreeMap<String, String>) -> Response<Body> {
     let filter = match Filter::parse(params) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(m) => return error(400, "BadRequest", m, None),
     };
     let store = shared.store.lock().expect("store");
     let items: Vec<Value> = store
@@ -494,7 +525,11 @@ fn write(
         return not_found(kind, name);
     };
     let current = obj.value.clone();
-    let base = if scale { scale_of(kind, &current) } else { current.clone() };
+    let base = if scale {
+        scale_of(&current)
+    } else {
+        current.clone()
+    };
     let mut edited = base.clone();
     if is_patch {
         match ctype {
@@ -515,7 +550,9 @@ fn write(
                 return error(
                     415,
                     "UnsupportedMediaType",
-                    format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got `{other}`)"),
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got `{other}`)"
+                    ),
                     None,
                 );
             }
@@ -538,7 +575,12 @@ fn write(
     }
     let new = if scale {
         let Some(r) = edited["spec"]["replicas"].as_i64() else {
-            return error(422, "Invalid", format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Required value"), None);
+            return error(
+                422,
+                "Invalid",
+                format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Required value"),
+                None,
+            );
         };
         let mut n = current.clone();
         n["spec"]["replicas"] = json!(r);
@@ -564,7 +606,7 @@ fn write(
     if spec_changed {
         super::controller(shared.clone(), key.clone(), g);
     }
-    respond(200, &if scale { scale_of(kind, &stored) } else { stored })
+    respond(200, &if scale { scale_of(&stored) } else { stored })
 }
 
 /// The object must still be a valid Deployment / StatefulSet (k8s-openapi reads it),
@@ -591,20 +633,33 @@ fn event_line(kind_of_event: &str, object: &Value) -> Bytes {
 /// `resourceVersion` (or the current state as `ADDED` events when it is empty or `0`),
 /// with `BOOKMARK`s when asked for, ending after `timeoutSeconds`; `410 Gone` as an
 /// `ERROR` event when the version is older than the history kept.
-async fn watch(shared: &Arc<Shared>, segs: &[&str], params: &BTreeMap<String, String>, dropped: bool) -> Response<Body> {
+async fn watch(
+    shared: &Arc<Shared>,
+    segs: &[&str],
+    params: &BTreeMap<String, String>,
+    dropped: bool,
+) -> Response<Body> {
     let (kind, ns) = match segs {
         ["apis", "apps", "v1", plural] => (Kind::from_plural(plural), None),
         ["apis", "apps", "v1", "namespaces", ns, plural] => (Kind::from_plural(plural), Some((*ns).to_owned())),
         _ => (None, None),
     };
     let Some(kind) = kind else {
-        return error(405, "MethodNotAllowed", "watch is supported on workload collections only", None);
+        return error(
+            405,
+            "MethodNotAllowed",
+            "watch is supported on workload collections only",
+            None,
+        );
     };
     let filter = match Filter::parse(params) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(m) => return error(400, "BadRequest", m, None),
     };
-    let bookmarks = matches!(params.get("allowWatchBookmarks").map(String::as_str), Some("true" | "1"));
+    let bookmarks = matches!(
+        params.get("allowWatchBookmarks").map(String::as_str),
+        Some("true" | "1")
+    );
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())

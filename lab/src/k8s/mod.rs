@@ -53,11 +53,13 @@ pub enum Fault {
     TooManyRequests { retry_after_s: u32 },
     /// A `Status` with this 5xx code (503 `ServiceUnavailable`, 500 `InternalError`...).
     ServerError(u16),
-    /// The request is answered after this delay.
+    /// The request is carried out, and answered after this delay.
     Slow(Duration),
     /// A watch stream that ends after 100 ms, whatever it has sent (a cut connection,
     /// a load balancer's idle timeout).
     DropWatch,
+    /// A watch answered at once with `410 Gone` (its version was compacted away).
+    WatchGone,
 }
 
 /// Which requests a fault applies to (discovery never gets one).
@@ -222,7 +224,9 @@ impl K8sSim {
         let s = shared.clone();
         rt.spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -322,18 +326,23 @@ current-context: {n}
 
     /// Adds a namespace (workloads add theirs).
     pub fn add_namespace(&self, ns: &str) {
-        self.shared.store.lock().expect("store").namespaces.insert(ns.to_owned());
+        self.shared
+            .store
+            .lock()
+            .expect("store")
+            .namespaces
+            .insert(ns.to_owned());
     }
 
     /// Changes how long the workload's changes take to become ready.
     pub fn set_ready_delay(&self, kind: Kind, ns: &str, name: &str, delay: Duration) {
-        if let Some(o) = self
-            .shared
-            .store
-            .lock()
-            .expect("store")
-            .objects
-            .get_mut(&(kind, ns.to_owned(), name.to_owned()))
+        if let Some(o) =
+            self.shared
+                .store
+                .lock()
+                .expect("store")
+                .objects
+                .get_mut(&(kind, ns.to_owned(), name.to_owned()))
         {
             o.ready_delay = delay;
         }
@@ -361,11 +370,11 @@ current-context: {n}
     /// Makes the next `times` requests in `scope` fail (or slow down) with `fault`.
     pub fn inject(&self, scope: Scope, fault: Fault, times: u32) {
         if times > 0 {
-            self.shared
-                .faults
-                .lock()
-                .expect("faults")
-                .push_back(FaultRule { scope, fault, left: times });
+            self.shared.faults.lock().expect("faults").push_back(FaultRule {
+                scope,
+                fault,
+                left: times,
+            });
         }
     }
 

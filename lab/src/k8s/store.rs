@@ -15,8 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, StatefulSet, StatefulSetSpec,
-    StatefulSetStatus,
+    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, StatefulSet, StatefulSetSpec, StatefulSetStatus,
 };
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
@@ -201,7 +200,13 @@ impl Store {
         };
         value["status"] = status(kind, &value, &obj, 1, &rev);
         let key = (kind, ns.to_owned(), name.to_owned());
-        self.objects.insert(key.clone(), Obj { value: value.clone(), ..obj });
+        self.objects.insert(
+            key.clone(),
+            Obj {
+                value: value.clone(),
+                ..obj
+            },
+        );
         self.record(&key, "ADDED", value.clone(), rv);
         value
     }
@@ -212,7 +217,14 @@ impl Store {
     pub fn update(&mut self, key: &Key, mut new: Value) -> (Value, bool) {
         let old = self.objects[key].value.clone();
         // What the client may not change.
-        for f in ["name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"] {
+        for f in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+        ] {
             match old["metadata"].get(f) {
                 Some(v) => new["metadata"][f] = v.clone(),
                 None => {
@@ -293,17 +305,29 @@ fn status(kind: Kind, v: &Value, obj: &Obj, observed: i64, update_revision: &str
                     cond(
                         "Available",
                         available >= n,
-                        if available >= n { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+                        if available >= n {
+                            "MinimumReplicasAvailable"
+                        } else {
+                            "MinimumReplicasUnavailable"
+                        },
                         format!("Deployment has {available} of {n} replicas available."),
                     ),
                     cond(
                         "Progressing",
                         true,
-                        if rolled { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
+                        if rolled {
+                            "NewReplicaSetAvailable"
+                        } else {
+                            "ReplicaSetUpdated"
+                        },
                         format!(
                             "ReplicaSet \"{}\" {}.",
                             revision(name, &v["spec"]["template"]),
-                            if rolled { "has successfully progressed" } else { "is progressing" }
+                            if rolled {
+                                "has successfully progressed"
+                            } else {
+                                "is progressing"
+                            }
                         ),
                     ),
                 ]),
