@@ -525,11 +525,7 @@ fn write(
         return not_found(kind, name);
     };
     let current = obj.value.clone();
-    let base = if scale {
-        scale_of(&current)
-    } else {
-        current.clone()
-    };
+    let base = if scale { scale_of(&current) } else { current.clone() };
     let mut edited = base.clone();
     if is_patch {
         match ctype {

@@ -28,6 +28,8 @@
 mod http;
 mod patch;
 mod store;
+#[cfg(test)]
+mod tests;
 mod tls;
 
 use std::collections::VecDeque;
