@@ -515,3 +515,30 @@ verify:
     assert_eq!(check_error(&run, "west"), "", "the west kubeconfig's CA is trusted");
     assert!(lab.east.requests().is_empty(), "no request got through the wrong CA");
 }
+
+#[test]
+fn kubernetes_a_rollout_past_its_progress_deadline_fails_fast_and_is_scaled_back() {
+    let lab = Lab::new();
+    lab.east
+        .add(Kind::Deployment, "shop", "api", 2, Duration::from_millis(100));
+    lab.east.set_stalled(Kind::Deployment, "shop", "api", true);
+    lab.runbook(
+        "name: rb
+service: shop
+steps:
+  - {id: scale, ci: frontend, uses: kubernetes.scale, timeout: 1m, with: {cluster: east-k8s, namespace: shop, kind: Deployment, name: api, replicas: 4, wait: ready}}
+",
+    );
+    let started = Instant::now();
+    let (code, run, stderr) = lab.run(&["failover", "rb", "--yes"]);
+    assert_eq!(code, 1, "{run:#}\n{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it did not wait out the timeout"
+    );
+    let e = error_of(&run, "steps", "scale");
+    assert!(e.contains("exceeded its progress deadline"), "{e}");
+    assert_eq!(step(&run, "steps", "scale")["status"], "outcome_unknown");
+    assert_eq!(step(&run, "compensation", "scale")["status"], "ok", "{run:#}");
+    assert_eq!(lab.east.replicas(Kind::Deployment, "shop", "api"), Some(2));
+}

@@ -161,6 +161,12 @@ pub(crate) fn controller(shared: Arc<Shared>, key: Key, g: i64) {
                 return;
             }
             let obj = store.objects.get_mut(&key).expect("the object");
+            if obj.stalled {
+                store.set_status(&key, g);
+                drop(store);
+                shared.notify();
+                return;
+            }
             let n = desired(&obj.value);
             obj.ready = n;
             obj.updated = n;
@@ -347,6 +353,21 @@ current-context: {n}
                 .get_mut(&(kind, ns.to_owned(), name.to_owned()))
         {
             o.ready_delay = delay;
+        }
+    }
+
+    /// Makes the workload's next rollouts stall: never ready, and (Deployments) the
+    /// `Progressing` condition says `ProgressDeadlineExceeded` once the change is observed.
+    pub fn set_stalled(&self, kind: Kind, ns: &str, name: &str, stalled: bool) {
+        if let Some(o) =
+            self.shared
+                .store
+                .lock()
+                .expect("store")
+                .objects
+                .get_mut(&(kind, ns.to_owned(), name.to_owned()))
+        {
+            o.stalled = stalled;
         }
     }
 

@@ -64,6 +64,9 @@ pub(crate) struct Obj {
     pub updated: i32,
     /// The template hash the pods run (StatefulSet `currentRevision`).
     pub current_revision: String,
+    /// The rollout never becomes ready: once it observes a change, the controller
+    /// reports `Progressing: False, ProgressDeadlineExceeded` (Deployments).
+    pub stalled: bool,
 }
 
 /// A watch event, kept in the history.
@@ -197,6 +200,7 @@ impl Store {
             ready: replicas,
             updated: replicas,
             current_revision: rev.clone(),
+            stalled: false,
         };
         value["status"] = status(kind, &value, &obj, 1, &rev);
         let key = (kind, ns.to_owned(), name.to_owned());
@@ -314,8 +318,10 @@ fn status(kind: Kind, v: &Value, obj: &Obj, observed: i64, update_revision: &str
                     ),
                     cond(
                         "Progressing",
-                        true,
-                        if rolled {
+                        !obj.stalled,
+                        if obj.stalled {
+                            "ProgressDeadlineExceeded"
+                        } else if rolled {
                             "NewReplicaSetAvailable"
                         } else {
                             "ReplicaSetUpdated"
@@ -323,7 +329,9 @@ fn status(kind: Kind, v: &Value, obj: &Obj, observed: i64, update_revision: &str
                         format!(
                             "ReplicaSet \"{}\" {}.",
                             revision(name, &v["spec"]["template"]),
-                            if rolled {
+                            if obj.stalled {
+                                "has timed out progressing"
+                            } else if rolled {
                                 "has successfully progressed"
                             } else {
                                 "is progressing"

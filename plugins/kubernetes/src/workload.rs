@@ -33,6 +33,10 @@ pub(crate) struct Rollout {
     /// StatefulSets: `currentRevision` and `updateRevision`, when reported.
     pub current_revision: Option<String>,
     pub update_revision: Option<String>,
+    /// A Deployment's `Progressing` condition says `ProgressDeadlineExceeded`: the
+    /// controller gave up (kubectl's rollout status fails on it too).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deadline_exceeded: bool,
 }
 
 impl Rollout {
@@ -108,6 +112,9 @@ impl Workload for Deployment {
             available: z(st.available_replicas),
             current_revision: None,
             update_revision: None,
+            deadline_exceeded: st.conditions.iter().flatten().any(|c| {
+                c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            }),
         }
     }
 }
@@ -127,6 +134,7 @@ impl Workload for StatefulSet {
             available: st.available_replicas.unwrap_or(ready),
             current_revision: st.current_revision,
             update_revision: st.update_revision,
+            deadline_exceeded: false,
         }
     }
 }
@@ -182,6 +190,14 @@ impl Target<'_> {
 
     fn api<K: Workload>(&self) -> Api<K> {
         Api::namespaced(self.client.clone(), self.namespace)
+    }
+
+    fn gave_up(&self) -> ActionError {
+        ActionError::Permanent(format!(
+            "{} on `{}` exceeded its progress deadline (Progressing: ProgressDeadlineExceeded)",
+            self.describe(),
+            self.cluster
+        ))
     }
 
     /// The object as JSON and its rollout.
@@ -299,6 +315,9 @@ impl Target<'_> {
             if last.is_ready() {
                 return Ok((last, done(stats)));
             }
+            if last.deadline_exceeded {
+                return Err((self.gave_up().into(), done(stats)));
+            }
             let mut rv = o.meta().resource_version.clone().unwrap_or_default();
             loop {
                 let left = until.saturating_duration_since(Instant::now());
@@ -330,6 +349,9 @@ impl Target<'_> {
                             last = o.rollout();
                             if last.is_ready() {
                                 return Ok((last, done(stats)));
+                            }
+                            if last.deadline_exceeded {
+                                return Err((self.gave_up().into(), done(stats)));
                             }
                         }
                         Some(Ok(WatchEvent::Deleted(_))) => {
