@@ -268,9 +268,9 @@ steps:
         cps[1]["restore"]["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example/app:1.0"
     );
-    // The patch changed the spec (a new generation), the annotations did not.
+    // Each change and each undo is a new generation (a Deployment's annotations count).
     let g = |v: &Value| v["metadata"]["generation"].as_i64().unwrap();
-    assert_eq!(g(&after), g(&before) + 2, "patch and its undo: two generations");
+    assert_eq!(g(&after), g(&before) + 4, "two changes, two undos");
 }
 
 const SCALE_THEN_FAIL: &str = "name: rb

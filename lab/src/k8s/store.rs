@@ -7,7 +7,9 @@
 //!   revision); every write that changes an object takes the next value; a write that
 //!   changes nothing (a no-op patch) keeps the old one and emits no event.
 //! - `metadata.generation` starts at 1 and increases by one on every change of
-//!   `spec`; changes of `metadata` (annotations, labels) or `status` leave it alone.
+//!   `spec`, and for a Deployment also of its annotations (the API server's
+//!   deployment strategy does so because annotations are copied to ReplicaSets);
+//!   labels and `status` leave it alone.
 //! - `status.observedGeneration` is set by the controller once it has seen a
 //!   generation; readiness follows after the workload's readiness delay.
 
@@ -216,8 +218,8 @@ impl Store {
     }
 
     /// Stores a changed object: a new resourceVersion (unless nothing changed), a new
-    /// generation when `spec` changed. Returns (the stored object, whether `spec`
-    /// changed).
+    /// generation when `spec` (or a Deployment's annotations) changed. Returns (the
+    /// stored object, whether the generation changed).
     pub fn update(&mut self, key: &Key, mut new: Value) -> (Value, bool) {
         let old = self.objects[key].value.clone();
         // What the client may not change.
@@ -243,7 +245,10 @@ impl Store {
         if new == old {
             return (old, false);
         }
-        let spec_changed = new["spec"] != old["spec"];
+        // A Deployment's annotations count too: the API server bumps its generation
+        // for them, as they are copied to its ReplicaSets (a StatefulSet's do not).
+        let spec_changed = new["spec"] != old["spec"]
+            || (key.0 == Kind::Deployment && new["metadata"]["annotations"] != old["metadata"]["annotations"]);
         if spec_changed {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(g);

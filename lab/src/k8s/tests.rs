@@ -144,19 +144,20 @@ fn resource_versions_generations_and_patch_types() {
     let g = |v: &Value| v["metadata"]["generation"].as_i64().unwrap();
     let before = sim.get(Kind::Deployment, "shop", "api").unwrap();
 
-    // An annotation: a new resourceVersion, the same generation.
-    let (code, body) = request(
-        &sim,
-        &admin,
-        "PATCH",
-        DEPLOY,
-        MERGE,
-        r#"{"metadata":{"annotations":{"a":"1"}}}"#,
-    );
+    // A label: a new resourceVersion, the same generation.
+    let label = r#"{"metadata":{"labels":{"tier":"web"}}}"#;
+    let (code, body) = request(&sim, &admin, "PATCH", DEPLOY, MERGE, label);
+    assert_eq!(code, 200, "{body}");
+    let labelled = json_of(&body);
+    assert!(rv(&labelled) > rv(&before));
+    assert_eq!(g(&labelled), g(&before));
+    // A Deployment's annotation bumps the generation (they are copied to ReplicaSets).
+    let annotation = r#"{"metadata":{"annotations":{"a":"1"}}}"#;
+    let (code, body) = request(&sim, &admin, "PATCH", DEPLOY, MERGE, annotation);
     assert_eq!(code, 200, "{body}");
     let after = json_of(&body);
-    assert!(rv(&after) > rv(&before));
-    assert_eq!(g(&after), g(&before));
+    assert!(rv(&after) > rv(&labelled));
+    assert_eq!(g(&after), g(&before) + 1);
     // The same patch again changes nothing: same resourceVersion.
     let (_, body) = request(
         &sim,
@@ -182,7 +183,7 @@ fn resource_versions_generations_and_patch_types() {
     );
     assert_eq!(code, 200, "{body}");
     let v = json_of(&body);
-    assert_eq!(g(&v), g(&before) + 1);
+    assert_eq!(g(&v), g(&before) + 2);
     assert_eq!(v["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
     // Apply needs a field manager; JSON patch is not served.
     let (code, _) = request(
