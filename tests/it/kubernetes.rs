@@ -198,6 +198,22 @@ fn kubernetes_scale_with_wait_lasts_the_readiness_delay_and_the_drill_cleans_up(
 #[test]
 fn kubernetes_steps_on_two_clusters_follow_the_cmdb_order() {
     let lab = Lab::new();
+    // One kubeconfig with both clusters' contexts, as the example config has it.
+    let both = lab.fx.path("kube/config");
+    K8sSim::write_kubeconfig(&both, &[&lab.east, &lab.west]).unwrap();
+    let config = lab
+        .fx
+        .read("drover.yaml")
+        .replace(
+            &lab.east.kubeconfig().display().to_string(),
+            &both.display().to_string(),
+        )
+        .replace(
+            &lab.west.kubeconfig().display().to_string(),
+            &both.display().to_string(),
+        );
+    assert_eq!(config.matches(&both.display().to_string()).count(), 2);
+    lab.fx.write("drover.yaml", &config);
     lab.east
         .add(Kind::Deployment, "shop", "frontend", 0, Duration::from_millis(100));
     lab.west

@@ -185,6 +185,8 @@ pub struct K8sSim {
     dir: TempDir,
     port: u16,
     ca_pem: String,
+    /// The PEM of an unrelated CA (the `NAME-wrong-ca` context).
+    other_ca_pem: String,
     kubeconfig: PathBuf,
 }
 
@@ -255,34 +257,38 @@ impl K8sSim {
             dir,
             port,
             ca_pem: certs.ca_pem.clone(),
+            other_ca_pem: certs.other_ca_pem.clone(),
         };
-        std::fs::write(&sim.kubeconfig, sim.kubeconfig_text(&certs.other_ca_pem))?;
+        K8sSim::write_kubeconfig(&sim.kubeconfig, &[&sim])?;
         Ok(sim)
     }
 
-    fn kubeconfig_text(&self, other_ca: &str) -> String {
+    /// This simulator's clusters, users and contexts, as kubeconfig list items.
+    fn kubeconfig_entries(&self) -> [String; 3] {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
         let n = &self.name;
         let server = self.url();
-        let (ca, wrong) = (b64(&self.ca_pem), b64(other_ca));
+        let (ca, wrong) = (b64(&self.ca_pem), b64(&self.other_ca_pem));
         let (admin, ro) = (&self.shared.admin_token, &self.shared.readonly_token);
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: {n}
+        [
+            format!(
+                "- name: {n}
   cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}
 - name: {n}-wrong-ca
   cluster: {{server: \"{server}\", certificate-authority-data: \"{wrong}\"}}
-users:
-- name: {n}-admin
+"
+            ),
+            format!(
+                "- name: {n}-admin
   user: {{token: \"{admin}\"}}
 - name: {n}-readonly
   user: {{token: \"{ro}\"}}
 - name: {n}-bad-token
   user: {{token: \"not-a-token-of-this-cluster\"}}
-contexts:
-- name: {n}
+"
+            ),
+            format!(
+                "- name: {n}
   context: {{cluster: {n}, user: {n}-admin, namespace: default}}
 - name: {n}-readonly
   context: {{cluster: {n}, user: {n}-readonly, namespace: default}}
@@ -290,9 +296,30 @@ contexts:
   context: {{cluster: {n}, user: {n}-bad-token, namespace: default}}
 - name: {n}-wrong-ca
   context: {{cluster: {n}-wrong-ca, user: {n}-admin, namespace: default}}
-current-context: {n}
 "
-        )
+            ),
+        ]
+    }
+
+    /// Writes one kubeconfig with the contexts of every simulator in `sims` (the
+    /// two-site lab: contexts `east`, `west`, ...); the current context is the first's.
+    pub fn write_kubeconfig(path: &Path, sims: &[&K8sSim]) -> Result<(), LabError> {
+        let mut parts = [String::new(), String::new(), String::new()];
+        for sim in sims {
+            for (part, entry) in parts.iter_mut().zip(sim.kubeconfig_entries()) {
+                part.push_str(&entry);
+            }
+        }
+        let current = sims.first().map_or("", |s| s.name.as_str());
+        let [clusters, users, contexts] = parts;
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n{clusters}users:\n{users}contexts:\n{contexts}current-context: {current}\n"
+        );
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, text)?;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
