@@ -29,9 +29,9 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn binary() -> PathBuf {
-    std::env::var_os("DROVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drover")
-    })
+    std::env::var_os("DROVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drover"))
 }
 
 fn kib(pid: u32, field: &str) -> u64 {
@@ -82,7 +82,11 @@ fn main() -> ExitCode {
     let steps: String = (0..100)
         .map(|i| format!("  - {{id: s{i}, uses: exec.run, with: {{command: [sleep, \"1\"]}}}}\n"))
         .collect();
-    std::fs::write(p("runbooks/load.yaml"), format!("name: load\nservice: svc\nsteps:\n{steps}")).unwrap();
+    std::fs::write(
+        p("runbooks/load.yaml"),
+        format!("name: load\nservice: svc\nsteps:\n{steps}"),
+    )
+    .unwrap();
     let mut child = Command::new(&bin)
         .current_dir(dir.path())
         .args(["--config", "drover.yaml", "serve"])
@@ -92,12 +96,17 @@ fn main() -> ExitCode {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let url = line.trim().trim_start_matches("listening on ").to_owned();
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = kib(pid, "VmRSS:");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
         .build()
@@ -158,19 +167,39 @@ fn main() -> ExitCode {
     let peak_rss = kib(pid, "VmHWM:");
     let mut lat = lat;
     lat.sort();
-    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let _ = child.kill();
     let _ = child.wait();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "| what | value |\n|---|--:|");
     let _ = writeln!(out, "| idle RSS after start | {:.1} MiB |", idle_rss as f64 / 1024.0);
-    let _ = writeln!(out, "| peak RSS during the drill and the load | {:.1} MiB |", peak_rss as f64 / 1024.0);
-    let _ = writeln!(out, "| requests (GET /api/v1/runs/ID, {rate}/s for {seconds} s) | {} ok, {errors} failed |", lat.len());
+    let _ = writeln!(
+        out,
+        "| peak RSS during the drill and the load | {:.1} MiB |",
+        peak_rss as f64 / 1024.0
+    );
+    let _ = writeln!(
+        out,
+        "| requests (GET /api/v1/runs/ID, {rate}/s for {seconds} s) | {} ok, {errors} failed |",
+        lat.len()
+    );
     let _ = writeln!(out, "| latency p50 | {:.2} ms |", ms(pct(0.50)));
     let _ = writeln!(out, "| latency p99 | {:.2} ms |", ms(pct(0.99)));
-    let _ = writeln!(out, "| latency max | {:.2} ms |", ms(lat.last().copied().unwrap_or_default()));
-    let _ = writeln!(out, "| drill still running during the whole load | {} |", if finished { "no" } else { "yes" });
+    let _ = writeln!(
+        out,
+        "| latency max | {:.2} ms |",
+        ms(lat.last().copied().unwrap_or_default())
+    );
+    let _ = writeln!(
+        out,
+        "| drill still running during the whole load | {} |",
+        if finished { "no" } else { "yes" }
+    );
     ExitCode::SUCCESS
 }
 

@@ -4,11 +4,15 @@
 //! - [`PgPair`]: a PostgreSQL primary and a streaming standby in a temporary folder,
 //!   with password (SCRAM) authentication, helpers to run SQL, pause replay, cut the
 //!   standby off, and kill or restart the primary.
+//! - [`K8sSim`]: a Kubernetes API simulator over HTTPS (Deployments, StatefulSets,
+//!   the scale subresource, watches) with a kubeconfig of its own.
 //!
 //! Everything here is synchronous and uses the installed server binaries (found on
 //! `PATH` or under `/usr/lib/postgresql/*/bin`): the lab does not depend on the plugins
 //! it is used to test.
 
+pub mod k8s;
 pub mod postgres;
 
+pub use k8s::K8sSim;
 pub use postgres::{LabError, Node, PgBin, PgPair};

@@ -25,6 +25,7 @@ mod engine;
 mod examples;
 mod fuzz;
 mod inprocess;
+mod kubernetes;
 mod planning;
 mod postgres;
 mod records;
