@@ -210,14 +210,20 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
     report(&engine.store, &state, format)
 }
 
-pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
+/// The engine for a command on a recorded run (`resume`, `ack`), and the run's full id.
+fn engine_for_run(cli: &Cli, run: &str, verb: &str) -> Result<(Engine, String, Arc<Ui>), Failure> {
     let loaded = load_for_recorded_run(&cli.config)?;
     let config = loaded.config().clone();
     let store = open_store(&config)?;
     let id = super::runs::resolve(&store, run)?;
-    let ui = Arc::new(Ui::new(format!("resume {id}"), 0, None));
+    let ui = Arc::new(Ui::new(format!("{verb} {id}"), 0, None));
     let mut engine = engine(&config, loaded.registry, ui.clone())?;
     engine.store = store;
+    Ok((engine, id, ui))
+}
+
+pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
+    let (engine, id, ui) = engine_for_run(cli, run, "resume")?;
     let rt = runtime()?;
     let state = rt.block_on(async {
         watch_signals(engine.stop.clone(), engine.abort.clone(), ui.clone());
@@ -230,13 +236,7 @@ pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
 
 /// `drover ack RUN --reason TEXT`: an operator takes a stuck run over.
 pub fn ack(cli: &Cli, run: &str, reason: &str, format: TextJson) -> CmdResult {
-    let loaded = load_for_recorded_run(&cli.config)?;
-    let config = loaded.config().clone();
-    let store = open_store(&config)?;
-    let id = super::runs::resolve(&store, run)?;
-    let ui = Arc::new(Ui::new(format!("ack {id}"), 0, None));
-    let mut engine = engine(&config, loaded.registry, ui.clone())?;
-    engine.store = store;
+    let (engine, id, ui) = engine_for_run(cli, run, "ack")?;
     let rt = runtime()?;
     let state = rt.block_on(engine.acknowledge(&id, &user(), reason));
     ui.finish();

@@ -33,6 +33,17 @@ async fn interrupted(ctx: &Ctx, reason: &str) -> Result<RunState, EngineError> {
     Ok(ctx.journal.state())
 }
 
+/// Journals a halt: no further steps start.
+async fn halt(ctx: &Ctx, reason: &str, preflight: bool) -> Result<(), EngineError> {
+    ctx.journal
+        .append(Event::Halted {
+            reason: reason.to_owned(),
+            preflight,
+        })
+        .await?;
+    Ok(())
+}
+
 /// Drives the run to its end (or an interruption).
 pub(crate) async fn drive(ctx: Arc<Ctx>) -> Result<RunState, EngineError> {
     let rb = ctx.runbook.clone();
@@ -58,12 +69,7 @@ pub(crate) async fn drive(ctx: Arc<Ctx>) -> Result<RunState, EngineError> {
             ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT).await,
             ChecksEnd::Failed(why) => {
                 let reason = format!("preflight failed, nothing was changed: {why}");
-                ctx.journal
-                    .append(Event::Halted {
-                        reason: reason.clone(),
-                        preflight: true,
-                    })
-                    .await?;
+                halt(&ctx, &reason, true).await?;
                 return finish(&ctx, preflight_outcome(ctx.mode), None, reason).await;
             }
         }
@@ -80,12 +86,7 @@ pub(crate) async fn drive(ctx: Arc<Ctx>) -> Result<RunState, EngineError> {
             s.phase == Phase::Steps && matches!(s.status, Some(StepStatus::Failed | StepStatus::OutcomeUnknown))
         }) {
             let reason = format!("step `{}` failed: {}", s.id, s.error.clone().unwrap_or_default());
-            ctx.journal
-                .append(Event::Halted {
-                    reason: reason.clone(),
-                    preflight: false,
-                })
-                .await?;
+            halt(&ctx, &reason, false).await?;
             halted = Some(reason);
         } else {
             match run_steps(&ctx).await? {
@@ -112,12 +113,7 @@ pub(crate) async fn drive(ctx: Arc<Ctx>) -> Result<RunState, EngineError> {
                 ChecksEnd::Cancelled => return interrupted(&ctx, INTERRUPT).await,
                 ChecksEnd::Failed(why) => {
                     let reason = format!("verification failed: {why}");
-                    ctx.journal
-                        .append(Event::Halted {
-                            reason: reason.clone(),
-                            preflight: false,
-                        })
-                        .await?;
+                    halt(&ctx, &reason, false).await?;
                     halted = Some(reason);
                 }
                 ChecksEnd::Passed => {

@@ -342,14 +342,7 @@ impl Engine {
             scope: RunScope::new(),
         });
         let span = tracing::info_span!("run", run = %id, runbook = %rb.name.value, mode = req.mode.as_str());
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let result = drive::drive(ctx).await;
-                drop(lock);
-                result
-            },
-            span,
-        ));
+        let task = spawn_drive(ctx, lock, span);
         Ok(RunHandle {
             id,
             stop,
@@ -506,14 +499,7 @@ impl Engine {
             }
         }
         let span = tracing::info_span!("run", run = %run_id, runbook = %state.runbook, resumed = true);
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let result = drive::drive(ctx).await;
-                drop(lock);
-                result
-            },
-            span,
-        ));
+        let task = spawn_drive(ctx, lock, span);
         Ok(RunHandle {
             id: run_id.to_owned(),
             stop,
@@ -642,6 +628,22 @@ impl Engine {
         drop(lock);
         Ok(journal.state())
     }
+}
+
+/// Drives a run in a task of its own, holding its lock, in its span.
+fn spawn_drive(
+    ctx: Arc<Ctx>,
+    lock: lock::RunLock,
+    span: tracing::Span,
+) -> tokio::task::JoinHandle<Result<RunState, EngineError>> {
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let result = drive::drive(ctx).await;
+            drop(lock);
+            result
+        },
+        span,
+    ))
 }
 
 /// The steps of this run, as the actions see them.
