@@ -247,9 +247,14 @@ async fn guard(State(d): State<Arc<Daemon>>, matched: MatchedPath, mut req: Requ
         status: response.status().as_u16(),
         detail: denied.map(|(_, why)| why.to_owned()),
     };
-    if let Err(e) = d.store().audit(entry).await {
-        tracing::error!(error = %e, "cannot write the audit log");
-    }
+    // Written by the store's writer thread in the background: the answer does not wait
+    // for the commit (the entry carries its own time).
+    let store = d.store().clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.audit(entry).await {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    });
     response
 }
 
