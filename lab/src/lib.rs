@@ -4,11 +4,14 @@
 //! - [`PgPair`]: a PostgreSQL primary and a streaming standby in a temporary folder,
 //!   with password (SCRAM) authentication, helpers to run SQL, pause replay, cut the
 //!   standby off, and kill or restart the primary.
+//! - [`S3Server`]: moto's server or s3s-fs on a free loopback port, with random keys.
 //!
 //! Everything here is synchronous and uses the installed server binaries (found on
 //! `PATH` or under `/usr/lib/postgresql/*/bin`): the lab does not depend on the plugins
 //! it is used to test.
 
 pub mod postgres;
+pub mod s3;
 
 pub use postgres::{LabError, Node, PgBin, PgPair};
+pub use s3::{S3Kind, S3Server};
