@@ -26,4 +26,5 @@ mod inprocess;
 mod planning;
 mod postgres;
 mod records;
+mod s3;
 mod safety;
