@@ -234,45 +234,70 @@ async fn digest(store: &Store, key: &str, parts: Option<&[u64]>) -> Result<(Vec<
         .await
         .map_err(|e| store.error("reading", Some(key), e))?;
     let mut body = out.body;
-    let mut whole = Context::new(&SHA256);
-    let mut part_digests = Vec::new();
-    let mut part = Context::new(&SHA256);
-    let mut part_index = 0usize;
-    let mut left_in_part = parts.and_then(|p| p.first().copied()).unwrap_or(u64::MAX);
-    let mut read = 0u64;
+    let mut h = PartHasher::new(parts);
     while let Some(chunk) = body.try_next().await.map_err(|e| {
         store.clean(ActionError::Retryable(format!(
             "reading `{key}` from object store `{}`: the download broke off: {e}",
             store.name
         )))
     })? {
-        read += chunk.len() as u64;
-        whole.update(&chunk);
-        if let Some(sizes) = parts {
-            let mut rest: &[u8] = &chunk;
-            while !rest.is_empty() {
-                let take = (left_in_part.min(rest.len() as u64)) as usize;
-                part.update(&rest[..take]);
-                rest = &rest[take..];
-                left_in_part -= take as u64;
-                if left_in_part == 0 {
-                    part_digests.push(
-                        std::mem::replace(&mut part, Context::new(&SHA256))
-                            .finish()
-                            .as_ref()
-                            .to_vec(),
-                    );
-                    part_index += 1;
-                    left_in_part = sizes.get(part_index).copied().unwrap_or(u64::MAX);
-                }
+        h.update(&chunk);
+    }
+    Ok(h.finish())
+}
+
+/// SHA-256 of a stream, and with part sizes, of each part too (for a composite).
+struct PartHasher<'a> {
+    whole: Context,
+    sizes: Option<&'a [u64]>,
+    part: Context,
+    index: usize,
+    left: u64,
+    digests: Vec<Vec<u8>>,
+    read: u64,
+}
+
+impl<'a> PartHasher<'a> {
+    fn new(sizes: Option<&'a [u64]>) -> Self {
+        PartHasher {
+            whole: Context::new(&SHA256),
+            sizes,
+            part: Context::new(&SHA256),
+            index: 0,
+            left: sizes.and_then(|p| p.first().copied()).unwrap_or(u64::MAX),
+            digests: Vec::new(),
+            read: 0,
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        self.read += chunk.len() as u64;
+        self.whole.update(chunk);
+        let Some(sizes) = self.sizes else { return };
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let take = self.left.min(rest.len() as u64) as usize;
+            self.part.update(&rest[..take]);
+            rest = &rest[take..];
+            self.left -= take as u64;
+            if self.left == 0 {
+                let done = std::mem::replace(&mut self.part, Context::new(&SHA256));
+                self.digests.push(done.finish().as_ref().to_vec());
+                self.index += 1;
+                self.left = sizes.get(self.index).copied().unwrap_or(u64::MAX);
             }
         }
     }
-    if parts.is_some() && left_in_part != u64::MAX {
-        // A short last part: keep what was read, so the composite does not match.
-        part_digests.push(part.finish().as_ref().to_vec());
+
+    /// (SHA-256 of everything, the part digests, bytes read).
+    fn finish(self) -> (Vec<u8>, Vec<Vec<u8>>, u64) {
+        let mut digests = self.digests;
+        if self.sizes.is_some() && self.left != u64::MAX {
+            // A short last part: keep what was read, so that the composite cannot match.
+            digests.push(self.part.finish().as_ref().to_vec());
+        }
+        (self.whole.finish().as_ref().to_vec(), digests, self.read)
     }
-    Ok((whole.finish().as_ref().to_vec(), part_digests, read))
 }
 
 /// The sizes of the parts of a multipart object (`HEAD ?partNumber=i`).
@@ -734,6 +759,35 @@ mod tests {
         );
         assert_eq!(parse_stored("notbase64!", None, None), None);
         assert_eq!(etag_parts(Some("\"5d41402abc4b2a76b9719d911017c592\"")), None);
+    }
+
+    #[test]
+    fn parts_are_hashed_on_their_own_whatever_the_chunk_boundaries() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let sizes = [400u64, 400, 200];
+        let want: Vec<Vec<u8>> = [&data[..400], &data[400..800], &data[800..]]
+            .iter()
+            .map(|p| ring::digest::digest(&SHA256, p).as_ref().to_vec())
+            .collect();
+        for chunk in [1, 7, 399, 400, 401, 1000] {
+            let mut h = PartHasher::new(Some(&sizes));
+            for c in data.chunks(chunk) {
+                h.update(c);
+            }
+            let (whole, parts, read) = h.finish();
+            assert_eq!(whole, ring::digest::digest(&SHA256, &data).as_ref(), "chunk {chunk}");
+            assert_eq!(parts, want, "chunk {chunk}");
+            assert_eq!(read, 1000);
+        }
+        // Truncated: the short part's digest is of what was read, never the expected one.
+        for end in [900, 800] {
+            let mut h = PartHasher::new(Some(&sizes));
+            h.update(&data[..end]);
+            let (_, parts, read) = h.finish();
+            assert_eq!(read, end as u64);
+            assert_eq!(parts[..2], want[..2]);
+            assert_ne!(parts[2], want[2], "truncated at {end}");
+        }
     }
 
     #[test]
