@@ -6,6 +6,7 @@
 //!   standby off, and kill or restart the primary.
 //! - [`K8sSim`]: a Kubernetes API simulator over HTTPS (Deployments, StatefulSets,
 //!   the scale subresource, watches) with a kubeconfig of its own.
+//! - [`S3Server`]: moto's server or s3s-fs on a free loopback port, with random keys.
 //!
 //! Everything here is synchronous and uses the installed server binaries (found on
 //! `PATH` or under `/usr/lib/postgresql/*/bin`): the lab does not depend on the plugins
@@ -13,6 +14,8 @@
 
 pub mod k8s;
 pub mod postgres;
+pub mod s3;
 
 pub use k8s::K8sSim;
 pub use postgres::{LabError, Node, PgBin, PgPair};
+pub use s3::{S3Kind, S3Server};

@@ -29,4 +29,5 @@ mod kubernetes;
 mod planning;
 mod postgres;
 mod records;
+mod s3;
 mod safety;

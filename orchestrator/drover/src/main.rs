@@ -71,7 +71,13 @@ fn init_tracing(verbose: u8, format: cli::LogFormat, daemon: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The AWS SDK's trace lines print credential structs (the access key id): never
     // below debug for its crates, whatever RUST_LOG asks.
-    for target in ["aws_config", "aws_credential_types", "aws_sdk_s3", "aws_smithy_runtime", "aws_sigv4"] {
+    for target in [
+        "aws_config",
+        "aws_credential_types",
+        "aws_sdk_s3",
+        "aws_smithy_runtime",
+        "aws_sigv4",
+    ] {
         if let Ok(d) = format!("{target}=debug").parse() {
             filter = filter.add_directive(d);
         }

@@ -1,14 +1,27 @@
-//! S3 actions: backup verification (age, size, checksum), bucket replication and Object
-//! Lock checks.
+//! S3 actions: `s3.verify-backups` (newest backup's age, sizes, SHA-256 recomputed by
+//! streaming and compared with the stored checksum, a sidecar or a manifest),
+//! `s3.replication` (two buckets compared: missing, stale, mismatching objects, lag)
+//! and `s3.object-lock` (the bucket's Object Lock and default retention).
 //!
-//! This build declares the actions and checks their parameters at load time; running
-//! them needs the S3 client, which comes with the S3 issue.
+//! The [`client`] module builds the aws-sdk-s3 client of a configured store (rustls with
+//! ring) and keeps the keys out of every message; other plugins (`postgres.restore-test`)
+//! may use it. docs/S3.md describes the semantics.
+
+pub mod client;
+mod lock;
+mod replication;
+pub mod verify;
 
 use std::sync::Arc;
 
-use drover_model::{Dur, Issue, Located};
-use drover_plugin_api::{ActionClass, Registry, TypedSpec, issues};
+use drover_model::{Dur, Issue, Located, Node, ParamCx};
+use drover_plugin_api::{Registry, issues, parse_params};
 use serde::Deserialize;
+
+pub use client::Store;
+pub use lock::ObjectLock;
+pub use replication::Replication;
+pub use verify::VerifyBackups;
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,45 +56,90 @@ pub struct ReplicationParams {
     pub max_lag: Option<Dur>,
 }
 
+/// Object Lock retention modes; COMPLIANCE is the stronger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum LockMode {
+    #[serde(rename = "GOVERNANCE", alias = "governance")]
+    Governance,
+    #[serde(rename = "COMPLIANCE", alias = "compliance")]
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectLockParams {
     pub store: Located<String>,
-    /// Objects under this prefix must be locked.
+    /// The default retention mode must be at least this.
+    #[serde(default)]
+    pub mode: Option<LockMode>,
+    /// Objects under this prefix must be locked (each one is checked).
     #[serde(default)]
     pub prefix: Option<String>,
-    /// Each must be retained at least this many more days.
+    /// The default retention (or, with `prefix`, each object's remaining retention)
+    /// must be at least this many days.
     #[serde(default)]
     pub min_retention_days: Option<u32>,
 }
 
+pub(crate) fn check_verify(p: &VerifyBackupsParams, cx: &ParamCx<'_>) -> Vec<Issue> {
+    issues([cx.object_store(&p.store).map(drop)])
+}
+
+pub(crate) fn check_replication(p: &ReplicationParams, cx: &ParamCx<'_>) -> Vec<Issue> {
+    let mut out = issues([
+        cx.object_store(&p.source).map(drop),
+        cx.object_store(&p.target).map(drop),
+    ]);
+    if p.source.value == p.target.value {
+        out.push(Issue::new(p.target.loc, "target must differ from source"));
+    }
+    out
+}
+
+pub(crate) fn check_lock(p: &ObjectLockParams, cx: &ParamCx<'_>) -> Vec<Issue> {
+    issues([cx.object_store(&p.store).map(drop)])
+}
+
+/// Parses `with:` as `P` and runs `check` on it: the load-time validation of an action.
+pub(crate) fn validate<P: serde::de::DeserializeOwned>(
+    with: &Located<Node>,
+    cx: &ParamCx<'_>,
+    check: fn(&P, &ParamCx<'_>) -> Vec<Issue>,
+) -> Vec<Issue> {
+    match parse_params::<P>(with) {
+        Ok(p) => check(&p, cx),
+        Err(e) => e,
+    }
+}
+
 /// Registers the S3 actions.
 pub fn register(reg: &mut Registry) {
-    reg.add_spec(Arc::new(TypedSpec::<VerifyBackupsParams> {
-        kind: "s3.verify-backups",
-        class: ActionClass::Check,
-        compensable: false,
-        check: |p, cx| issues([cx.object_store(&p.store).map(drop)]),
-    }));
-    reg.add_spec(Arc::new(TypedSpec::<ReplicationParams> {
-        kind: "s3.replication",
-        class: ActionClass::Check,
-        compensable: false,
-        check: |p, cx| {
-            let mut out = issues([
-                cx.object_store(&p.source).map(drop),
-                cx.object_store(&p.target).map(drop),
-            ]);
-            if p.source.value == p.target.value {
-                out.push(Issue::new(p.target.loc, "target must differ from source"));
-            }
-            out
-        },
-    }));
-    reg.add_spec(Arc::new(TypedSpec::<ObjectLockParams> {
-        kind: "s3.object-lock",
-        class: ActionClass::Check,
-        compensable: false,
-        check: |p, cx| issues([cx.object_store(&p.store).map(drop)]),
-    }));
+    reg.add(Arc::new(VerifyBackups));
+    reg.add(Arc::new(Replication));
+    reg.add(Arc::new(ObjectLock));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_plugin_api::ActionClass;
+
+    #[test]
+    fn every_action_is_registered_as_a_runnable_check() {
+        let mut reg = Registry::new();
+        register(&mut reg);
+        for kind in ["s3.verify-backups", "s3.replication", "s3.object-lock"] {
+            assert!(reg.is_runnable(kind), "{kind}");
+            assert_eq!(reg.spec(kind).unwrap().class(), ActionClass::Check);
+        }
+    }
 }
