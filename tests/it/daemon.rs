@@ -855,3 +855,79 @@ fn in_a_real_browser_an_operator_logs_in_sees_the_run_and_approves_its_gate() {
     b.go(&format!("{}/", d.url));
     b.wait_for("badge passed");
 }
+
+#[test]
+fn with_client_ca_only_a_client_certificate_signed_by_it_gets_through() {
+    let (fx, ca) = fixture("");
+    // A client CA and a client certificate (key and certificate in one PEM for reqwest).
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let client_ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["ops-laptop".to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    fx.write("tls/client-ca.pem", &client_ca.pem());
+    fx.replace(
+        "drover.yaml",
+        "tls: {cert: tls/server.pem, key: tls/server.key}",
+        "tls: {cert: tls/server.pem, key: tls/server.key, client_ca: tls/client-ca.pem}",
+    );
+    let d = Daemon::start(&fx, &ca);
+    // Without a client certificate the handshake is refused: no HTTP answer at all.
+    let plain = d.rt.block_on(async {
+        d.client
+            .get(format!("{}/api/v1/runs", d.url))
+            .header("authorization", format!("Bearer {}", token("viewer")))
+            .send()
+            .await
+    });
+    assert!(plain.is_err(), "answered without a client certificate: {plain:?}");
+    let identity = reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .identity(identity)
+        .build()
+        .unwrap();
+    let status = d.rt.block_on(async {
+        client
+            .get(format!("{}/api/v1/runs", d.url))
+            .header("authorization", format!("Bearer {}", token("viewer")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(
+        status.as_u16(),
+        200,
+        "a signed client certificate and a token get through"
+    );
+}
+
+#[test]
+fn with_on_start_hold_an_interrupted_run_waits_for_an_operator() {
+    let (fx, ca) = fixture("");
+    fx.replace(
+        "drover.yaml",
+        "daemon: {shutdown_grace: 2s}",
+        "daemon: {shutdown_grace: 1s, on_start: hold}",
+    );
+    fx.write(
+        "runbooks/long.yaml",
+        "name: long\nservice: svc\nsteps:\n  - {id: wait, uses: exec.run, with: {command: [sh, -c, \"touch started; while [ ! -f go ]; do sleep 0.05; done\"]}}\n",
+    );
+    let mut d = Daemon::start(&fx, &ca);
+    let id = start_run(&d, "long", "drill");
+    crate::engine::wait_for(&fx.path("started"), Duration::from_secs(30));
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0));
+    fx.write("go", "");
+    let d = Daemon::start(&fx, &ca);
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, run) = d.json("GET", &format!("/api/v1/runs/{id}"), "viewer", None);
+    assert_eq!(run["state"], "interrupted", "held, not resumed: {run:#}");
+    assert!(d.stderr.lock().unwrap().contains("held for an operator"));
+}
