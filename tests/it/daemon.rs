@@ -36,16 +36,19 @@ fn token(role: &str) -> &'static str {
     TOKENS.iter().find(|(r, _)| *r == role).unwrap().1
 }
 
-/// A test CA and a server certificate for 127.0.0.1, written to the fixture.
-fn certificates(fx: &Fixture) -> String {
+/// A new test CA: its certificate and the issuer that signs with it.
+fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "drover test CA");
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, name);
     let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    (ca, rcgen::Issuer::new(ca_params, ca_key))
+}
+
+/// A test CA and a server certificate for 127.0.0.1, written to the fixture.
+fn certificates(fx: &Fixture) -> String {
+    let (ca, issuer) = test_ca("drover test CA");
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
@@ -860,11 +863,7 @@ fn in_a_real_browser_an_operator_logs_in_sees_the_run_and_approves_its_gate() {
 fn with_client_ca_only_a_client_certificate_signed_by_it_gets_through() {
     let (fx, ca) = fixture("");
     // A client CA and a client certificate (key and certificate in one PEM for reqwest).
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let client_ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let (client_ca, issuer) = test_ca("drover test client CA");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["ops-laptop".to_owned()]).unwrap();
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];

@@ -479,20 +479,6 @@ impl Store {
             .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
     }
 
-    /// [`Store::write`] for code outside an async runtime (the CLI).
-    pub fn write_blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
-    ) -> StoreResult<T> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let path = self.inner.path.clone();
-        self.send(Op::Job(Box::new(move |conn| {
-            let _ = tx.send(in_transaction(conn, &path, f));
-        })))?;
-        rx.recv()
-            .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
-    }
-
     /// Queues one record for a run's journal; the receiver gets the commit's result.
     pub(crate) fn append_queued(
         &self,
@@ -545,13 +531,6 @@ impl Store {
             let _ = reply.send(Err(StoreError::Other("the store's writer thread has stopped".into())));
         }
         rx
-    }
-
-    /// Appends one record to a run's journal.
-    pub async fn append(&self, run_id: &str, seq: u64, json: &str) -> StoreResult<()> {
-        self.append_queued(run_id.into(), seq, json.to_owned())
-            .await
-            .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
     }
 
     /// Creates a run atomically: refuses (inside the transaction) when another unfinished
@@ -635,17 +614,6 @@ impl Store {
             let _ = tx.send(checkpoint(conn, &path));
         })))?;
         rx.await
-            .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
-    }
-
-    /// [`Store::sync`] outside an async runtime.
-    pub fn sync_blocking(&self) -> StoreResult<()> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let path = self.inner.path.clone();
-        self.send(Op::Job(Box::new(move |conn| {
-            let _ = tx.send(checkpoint(conn, &path));
-        })))?;
-        rx.recv()
             .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
     }
 
