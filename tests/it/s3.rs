@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, DefaultRetention, ObjectLockConfiguration,
     ObjectLockEnabled, ObjectLockRetentionMode, ObjectLockRule,
 };
-use drover_lab::{S3Kind, S3Server};
+use drover_lab::{Node, PgPair, S3Kind, S3Server};
 use serde_json::Value;
 
 use crate::support::Fixture;
@@ -211,6 +211,13 @@ impl Lab {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
+    }
+
+    /// Adds the database `scratch` (URL from `$DROVER_IT_PG_URL`) to the config.
+    fn with_database(&self) {
+        let mut c = config(&self.server.endpoint());
+        c.push_str("databases:\n  - {name: scratch, site: west, kind: postgres, url: {env: DROVER_IT_PG_URL}}\n");
+        self.fx.write("drover.yaml", &c);
     }
 
     fn runbook(&self, name: &str, checks: &str) {
@@ -663,4 +670,102 @@ fn s3_a_server_down_and_a_wrong_secret_fail_clearly_and_no_key_leaks() {
             "a key is in the state store"
         );
     }
+}
+
+/// A real `pg_dump -Fc` of the server's `postgres` database, holding `orders` (1,000 rows).
+fn pg_dump(pg: &PgPair) -> Vec<u8> {
+    pg.sql(
+        Node::Primary,
+        "CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 1000) g",
+    )
+    .unwrap();
+    let out = std::process::Command::new(pg.bin().tool("pg_dump"))
+        .args(["-Fc", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port(Node::Primary).to_string())
+        .args(["-U", pg.user(), "-d", "postgres"])
+        .env("PGPASSWORD", pg.password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.starts_with(b"PGDMP"), "not a custom-format dump");
+    out.stdout
+}
+
+fn scratch_databases(pg: &PgPair) -> String {
+    pg.sql(
+        Node::Primary,
+        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'drover_restore_%'",
+    )
+    .unwrap()
+}
+
+#[test]
+fn s3_postgres_restore_test_streams_a_real_pg_dump_into_a_scratch_database_and_drops_it() {
+    let pg = PgPair::start_single().expect("start PostgreSQL");
+    let lab = Lab::new(S3Kind::S3sFs);
+    lab.with_database();
+    let dump = pg_dump(&pg);
+    lab.put("db/shop.dump", &dump, true);
+    let made = lab.age(BUCKET, "db/shop.dump", Duration::from_secs(5400));
+    lab.put("db/garbage.dump", b"PGDMP this is not a dump at all", false);
+    let url = pg.primary_url();
+    let env = [("DROVER_IT_PG_URL", url.as_str()), ("RUST_LOG", "debug")];
+    let check = |name: &str, key: &str, expect: &str| {
+        format!(
+            "  - {{name: {name}, uses: postgres.restore-test, with: {{store: store, key: {key}, database: scratch, \
+             query: \"SELECT count(*) FROM orders\", expect: \"{expect}\"}}}}\n"
+        )
+    };
+    let mut everything = String::new();
+
+    // Restored, queried, dropped; the bytes restored are exactly the backup's.
+    lab.runbook("restore", &check("restore", "db/shop.dump", "1000"));
+    let (code, run, stderr) = lab.verify("restore", &env);
+    assert_eq!(code, 0, "{run:#}\n{stderr}");
+    everything += &format!("{run}{stderr}");
+    let data = lab.data(&run, "scratch_database");
+    assert!(data.as_str().unwrap().starts_with("drover_restore_"), "{data}");
+    assert_eq!(lab.data(&run, "sha256").as_str().unwrap(), sha256_hex(&dump));
+    assert_eq!(lab.data(&run, "bytes_restored").as_u64().unwrap(), dump.len() as u64);
+    assert_eq!(lab.data(&run, "value").as_str().unwrap(), "1000");
+    let m = lab.data(&run, "measurements");
+    assert!(m["restore_s"].as_f64().unwrap() > 0.0, "{m}");
+    let age = m["backup_age_s"].as_f64().unwrap();
+    let expected = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - made;
+    assert!((age - expected).abs() < 30.0, "age {age}, expected about {expected}");
+    assert_eq!(scratch_databases(&pg), "", "the scratch database was left behind");
+
+    // The query answers something else: failed, named, dropped all the same.
+    lab.runbook("wrong", &check("wrong", "db/shop.dump", "999"));
+    let (code, run, stderr) = lab.verify("wrong", &env);
+    assert_eq!(code, 1, "{run:#}\n{stderr}");
+    let e = error(&run, "wrong");
+    assert!(e.contains("returned `1000`, expected `999`"), "{e}");
+    everything += &format!("{run}{stderr}");
+    assert_eq!(scratch_databases(&pg), "");
+
+    // Not a dump: pg_restore's own message, and nothing left behind.
+    lab.runbook("garbage", &check("garbage", "db/garbage.dump", "1000"));
+    let (code, run, stderr) = lab.verify("garbage", &env);
+    assert_eq!(code, 1, "{run:#}\n{stderr}");
+    let e = error(&run, "garbage");
+    assert!(
+        e.contains("pg_restore of `db/garbage.dump`") && e.contains("failed"),
+        "{e}"
+    );
+    everything += &format!("{run}{stderr}");
+    assert_eq!(scratch_databases(&pg), "");
+
+    // A missing object: a clear 404, before any database is created.
+    lab.runbook("missing", &check("missing", "db/none.dump", "1000"));
+    let (code, run, _) = lab.verify("missing", &env);
+    assert_eq!(code, 1, "{run:#}");
+    assert!(error(&run, "missing").contains("not found"), "{run:#}");
+    assert_eq!(scratch_databases(&pg), "");
+
+    assert!(
+        !everything.contains(pg.password()),
+        "the database password leaked:\n{everything}"
+    );
+    assert!(!everything.contains(lab.server.secret_key()), "the S3 secret leaked");
 }

@@ -73,6 +73,8 @@ enum Tls {
 struct TlsOptions {
     /// What tokio-postgres gets: disable, prefer or require.
     sslmode: &'static str,
+    /// The mode as written (libpq knows all six), for the client tools drover runs.
+    written: Option<String>,
     root_cert: Option<PathBuf>,
 }
 
@@ -94,6 +96,7 @@ fn map_sslmode(v: &str) -> Result<&'static str, String> {
 fn split_tls_options(url: &str) -> Result<(String, TlsOptions), String> {
     let mut opts = TlsOptions {
         sslmode: "prefer",
+        written: None,
         root_cert: None,
     };
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
@@ -107,7 +110,11 @@ fn split_tls_options(url: &str) -> Result<(String, TlsOptions), String> {
         for pair in url[q + 1..].split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
-                "sslmode" => opts.sslmode = map_sslmode(&percent_decode(v))?,
+                "sslmode" => {
+                    let v = percent_decode(v);
+                    opts.sslmode = map_sslmode(&v)?;
+                    opts.written = Some(v);
+                }
                 "sslrootcert" => opts.root_cert = Some(PathBuf::from(percent_decode(v))),
                 _ => kept.push(pair),
             }
@@ -124,7 +131,11 @@ fn split_tls_options(url: &str) -> Result<(String, TlsOptions), String> {
         let mut kept = Vec::new();
         for word in url.split_whitespace() {
             match word.split_once('=') {
-                Some(("sslmode", v)) => opts.sslmode = map_sslmode(v.trim_matches('\''))?,
+                Some(("sslmode", v)) => {
+                    let v = v.trim_matches('\'');
+                    opts.sslmode = map_sslmode(v)?;
+                    opts.written = Some(v.to_owned());
+                }
                 Some(("sslrootcert", v)) => opts.root_cert = Some(PathBuf::from(v.trim_matches('\''))),
                 _ => kept.push(word.to_owned()),
             }
@@ -156,10 +167,13 @@ fn percent_decode(s: &str) -> String {
 
 /// A configured database, ready to connect to. Holds the parsed secret: no `Debug`
 /// that shows it, no `Display`.
+#[derive(Clone)]
 pub(crate) struct Target {
     pub name: String,
     config: tokio_postgres::Config,
     tls: Tls,
+    /// `sslmode` as written in the URL, if it named one.
+    sslmode: Option<String>,
     redact: Redactor,
 }
 
@@ -222,8 +236,66 @@ impl Target {
             name: name.to_owned(),
             config,
             tls,
+            sslmode: opts.written,
             redact,
         })
+    }
+
+    /// The same server and credentials, another database on it.
+    pub(crate) fn on_database(&self, dbname: &str) -> Target {
+        let mut t = self.clone();
+        t.config.dbname(dbname);
+        t
+    }
+
+    /// The libpq environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`,
+    /// ...) that points a PostgreSQL client tool at database `dbname` of this server.
+    /// The password goes through the environment, never the command line (which any
+    /// local user can read in `ps`).
+    pub(crate) fn libpq_env(&self, dbname: &str) -> Vec<(&'static str, String)> {
+        use tokio_postgres::config::Host;
+        let c = &self.config;
+        let mut env = Vec::new();
+        let hosts: Vec<String> = c
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(s) => s.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            env.push(("PGHOST", hosts.join(",")));
+        }
+        let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+        if !ports.is_empty() {
+            env.push(("PGPORT", ports.join(",")));
+        }
+        if let Some(u) = c.get_user() {
+            env.push(("PGUSER", u.to_owned()));
+        }
+        if let Some(pw) = c.get_password() {
+            env.push(("PGPASSWORD", String::from_utf8_lossy(pw).into_owned()));
+        }
+        env.push(("PGDATABASE", dbname.to_owned()));
+        let mode = match (&self.tls, &self.sslmode) {
+            (Tls::Off, _) => "disable".to_owned(),
+            (_, Some(m)) => m.clone(),
+            (_, None) => "prefer".to_owned(),
+        };
+        env.push(("PGSSLMODE", mode));
+        if let Tls::Verified { root_cert: Some(p) } = &self.tls {
+            env.push(("PGSSLROOTCERT", p.display().to_string()));
+        }
+        let timeout = c.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+        env.push(("PGCONNECT_TIMEOUT", timeout.as_secs().max(2).to_string()));
+        env.push(("PGAPPNAME", "drover-restore-test".to_owned()));
+        env
+    }
+
+    /// Blanks the URL and the password out of a message.
+    pub(crate) fn clean(&self, text: &str) -> String {
+        self.redact.clean(text)
     }
 
     /// Connects, within the connect timeout (and `deadline`), or fails with a
@@ -557,6 +629,24 @@ impl Db {
         self.guarded(self.client.execute(sql, params)).await
     }
 
+    /// Runs `sql` (simple protocol: any statement, values as text) and returns the first
+    /// column of the first row it returns, and how many rows it returned.
+    pub(crate) async fn first_value(&self, sql: &str) -> Result<(Option<Option<String>>, u64), SqlError> {
+        use tokio_postgres::SimpleQueryMessage;
+        let msgs = self.guarded(self.client.simple_query(sql)).await?;
+        let mut first = None;
+        let mut rows = 0;
+        for m in msgs {
+            if let SimpleQueryMessage::Row(r) = m {
+                if first.is_none() {
+                    first = Some(r.try_get(0).ok().flatten().map(str::to_owned));
+                }
+                rows += 1;
+            }
+        }
+        Ok((first, rows))
+    }
+
     /// Reads column `i` of `row`.
     pub(crate) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(&self, row: &'a Row, i: usize) -> Result<T, SqlError> {
         row.try_get(i).map_err(|e| SqlError {
@@ -618,6 +708,28 @@ mod tests {
             0x20
         );
         assert_eq!(lsn_diff(5, 9), 0);
+    }
+
+    #[test]
+    fn client_tools_get_the_connection_through_their_environment() {
+        let t = Target::from_url(
+            "db",
+            "postgres://u:s%40cret@h1:5433/app?sslmode=verify-full&sslrootcert=%2Fca.pem",
+        )
+        .unwrap();
+        let env: std::collections::HashMap<_, _> = t.libpq_env("scratch").into_iter().collect();
+        assert_eq!(env["PGHOST"], "h1");
+        assert_eq!(env["PGPORT"], "5433");
+        assert_eq!(env["PGUSER"], "u");
+        assert_eq!(env["PGPASSWORD"], "s@cret");
+        assert_eq!(env["PGDATABASE"], "scratch");
+        assert_eq!(env["PGSSLMODE"], "verify-full");
+        assert_eq!(env["PGSSLROOTCERT"], "/ca.pem");
+        let t = Target::from_url("db", "postgres://u@h/app?sslmode=none").unwrap();
+        let env: std::collections::HashMap<_, _> = t.libpq_env("x").into_iter().collect();
+        assert_eq!(env["PGSSLMODE"], "disable");
+        assert!(!env.contains_key("PGPASSWORD"));
+        assert_eq!(t.on_database("other").config.get_dbname(), Some("other"));
     }
 
     #[test]

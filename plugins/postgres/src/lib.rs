@@ -2,8 +2,8 @@
 //! `postgres.heartbeat` (timestamped rows written to the primary for the rest of the
 //! run, from which RPO is measured), `postgres.fence` (the old primary refuses writes,
 //! observed), `postgres.promote` (pg_promote, wait until writable, measure RPO) and
-//! `postgres.writable`; `postgres.restore-test` is declared and parameter-checked only,
-//! as it needs the S3 client.
+//! `postgres.writable` and `postgres.restore-test` (a `pg_dump` object streamed from an
+//! object store into `pg_restore`, restored into a scratch database and queried).
 //!
 //! Connection URLs are secrets: the `conn` module keeps them out of every message.
 //! docs/POSTGRES.md describes the semantics (fencing, RPO, `assume_lost`).
@@ -13,19 +13,21 @@ mod fence;
 mod heartbeat;
 mod promote;
 mod replication;
+mod restore;
 mod writable;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_model::{Dur, Issue, Located, Node};
-use drover_plugin_api::{ActionClass, ParamCx, Registry, TypedSpec, issues, parse_params};
+use drover_plugin_api::{ParamCx, Registry, issues, parse_params};
 use serde::Deserialize;
 
 pub use fence::Fence;
 pub use heartbeat::Heartbeat;
 pub use promote::Promote;
 pub use replication::Replication;
+pub use restore::RestoreTest;
 pub use writable::Writable;
 
 #[derive(Debug, Deserialize)]
@@ -62,9 +64,11 @@ pub struct DatabaseParams {
 pub struct RestoreTestParams {
     pub store: Located<String>,
     /// Object key of a `pg_dump` custom-format backup.
-    pub key: String,
+    pub key: Located<String>,
+    /// The server the scratch database is created on (its user needs CREATEDB).
+    pub database: Located<String>,
     /// SQL run in the scratch database after the restore.
-    pub query: String,
+    pub query: Located<String>,
     /// The first column of the first row must equal this.
     #[serde(default)]
     pub expect: Option<String>,
@@ -146,19 +150,13 @@ pub fn register(reg: &mut Registry) {
     reg.add(Arc::new(Fence));
     reg.add(Arc::new(Promote));
     reg.add(Arc::new(Writable));
-    // Restoring a backup needs the S3 client (the S3 plugin): until then the action is
-    // known and its parameters are checked, but a run refuses it.
-    reg.add_spec(Arc::new(TypedSpec::<RestoreTestParams> {
-        kind: "postgres.restore-test",
-        class: ActionClass::Check,
-        compensable: false,
-        check: |p, cx| issues([cx.object_store(&p.store).map(drop)]),
-    }));
+    reg.add(Arc::new(RestoreTest));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_plugin_api::ActionClass;
 
     #[test]
     fn identifiers() {
@@ -178,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn every_action_is_registered_and_runnable_except_restore_test() {
+    fn every_action_is_registered_and_runnable() {
         let mut reg = Registry::new();
         register(&mut reg);
         for kind in [
@@ -187,17 +185,18 @@ mod tests {
             "postgres.fence",
             "postgres.promote",
             "postgres.writable",
+            "postgres.restore-test",
         ] {
             assert!(reg.is_runnable(kind), "{kind}");
         }
-        assert!(reg.spec("postgres.restore-test").is_some());
-        assert!(!reg.is_runnable("postgres.restore-test"));
         let spec = |k: &str| reg.spec(k).unwrap();
         assert!(spec("postgres.heartbeat").compensable());
         assert!(spec("postgres.fence").compensable());
         assert!(!spec("postgres.promote").compensable());
         assert_eq!(spec("postgres.replication").class(), ActionClass::Check);
         assert_eq!(spec("postgres.writable").class(), ActionClass::Check);
+        assert_eq!(spec("postgres.restore-test").class(), ActionClass::Check);
+        assert!(!spec("postgres.restore-test").compensable());
         assert_eq!(spec("postgres.promote").class(), ActionClass::Change);
     }
 }
