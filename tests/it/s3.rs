@@ -769,3 +769,125 @@ fn s3_postgres_restore_test_streams_a_real_pg_dump_into_a_scratch_database_and_d
     );
     assert!(!everything.contains(lab.server.secret_key()), "the S3 secret leaked");
 }
+
+#[test]
+fn s3_evidence_archive_uploads_each_sealed_bundle_under_retention_and_retries_a_refused_upload_on_moto() {
+    let lab = Lab::new(S3Kind::Moto);
+    lab.bucket("replica", true); // Object Lock enabled, no default retention
+    lab.put("db/a.dump", b"a backup", true);
+    let archive_to = |store: &str| {
+        let c = config(&lab.server.endpoint()).replace(
+            "cmdb: cmdb.yaml",
+            &format!(
+                "evidence: {{archive: {{object_store: {store}, prefix: evidence/, retention_days: 7, mode: GOVERNANCE}}}}\ncmdb: cmdb.yaml"
+            ),
+        );
+        lab.fx.write("drover.yaml", &c);
+    };
+    lab.runbook(
+        "backups",
+        "  - {name: backups, uses: s3.verify-backups, with: {store: store, prefix: db/, max_age: 1h}}\n",
+    );
+    let drover = |args: &[&str]| {
+        let out = lab
+            .fx
+            .drover()
+            .args(args)
+            .env("DROVER_IT_S3_KEY", lab.server.access_key())
+            .env("DROVER_IT_S3_SECRET", &lab.secret)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // A bucket without Object Lock: refused, journaled, the outcome unchanged.
+    archive_to("store");
+    let (code, run, stderr) = lab.verify("backups", &[]);
+    assert_eq!(code, 0, "the archive must not change the outcome: {run:#}\n{stderr}");
+    assert!(stderr.contains("evidence archive FAILED"), "{stderr}");
+    assert!(stderr.contains("has no Object Lock"), "{stderr}");
+    assert_eq!(run["archive"]["status"], "failed", "{run:#}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let (_, shown, _) = drover(&["runs", "show", &id]);
+    assert!(
+        shown.contains("evidence archive FAILED") && shown.contains("has no Object Lock"),
+        "{shown}"
+    );
+    let (_, md, _) = drover(&["report", &id, "--format", "md"]);
+    assert!(
+        md.contains("upload FAILED") && md.contains("evidence archive upload"),
+        "{md}"
+    );
+    let (code, out, stderr) = drover(&["evidence", "archive", &id]);
+    assert_eq!(code, 1, "{out}{stderr}");
+    assert!(out.contains("has no Object Lock"), "{out}");
+
+    // Pointed at a locked bucket, the retry uploads; the journal is sealed again.
+    archive_to("replica");
+    let (code, out, stderr) = drover(&["evidence", "archive", &id, "--format", "json"]);
+    assert_eq!(code, 0, "{out}{stderr}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let a = &v["archive"];
+    assert_eq!(a["status"], "archived", "{v:#}");
+    assert_eq!(a["key"], format!("evidence/{id}.bundle.json"));
+    assert_eq!(a["mode"], "GOVERNANCE");
+    let version = a["version_id"].as_str().expect("a version id").to_owned();
+    let (code, out, _) = drover(&["evidence", "verify", &id]);
+    assert_eq!(code, 0, "the journal after the archive record: {out}");
+    // Current now: a second call uploads nothing.
+    let (code, out, _) = drover(&["evidence", "archive", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already archived"), "{out}");
+
+    // The object: that version, under retention, and a bundle that verifies offline
+    // with the SHA-256 the journal recorded.
+    let key = format!("evidence/{id}.bundle.json");
+    let (head, body) = lab.rt.block_on(async {
+        let head = lab
+            .client
+            .head_object()
+            .bucket("replica")
+            .key(&key)
+            .version_id(&version)
+            .send()
+            .await
+            .unwrap();
+        let body = lab
+            .client
+            .get_object()
+            .bucket("replica")
+            .key(&key)
+            .version_id(&version)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        (head, body)
+    });
+    assert_eq!(head.object_lock_mode().map(|m| m.as_str()), Some("GOVERNANCE"));
+    let until = head.object_lock_retain_until_date().unwrap().secs() as f64;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(
+        (until - now - 7.0 * 86_400.0).abs() < 120.0,
+        "retain until {until}, now {now}"
+    );
+    assert_eq!(sha256_hex(&body), a["bundle_sha256"].as_str().unwrap());
+    let file = lab.fx.path("archived.bundle.json");
+    std::fs::write(&file, &body).unwrap();
+    let (code, out, _) = drover(&["evidence", "verify", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+
+    // A new run is archived as it is sealed, without being asked.
+    let (code, run, stderr) = lab.verify("backups", &[]);
+    assert_eq!(code, 0, "{run:#}\n{stderr}");
+    assert!(stderr.contains("evidence archived: replica:evidence/"), "{stderr}");
+    assert_eq!(run["archive"]["status"], "archived", "{run:#}");
+}

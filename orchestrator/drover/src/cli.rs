@@ -259,6 +259,15 @@ pub enum EvidenceCommand {
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
+    /// Upload the run's sealed bundle to the evidence archive (`evidence.archive`: an
+    /// object store with Object Lock) under retention, and journal the upload. Runs do
+    /// this themselves when they are sealed; this retries a failed upload. Exit 0
+    /// archived (or already current), 1 the upload failed.
+    Archive {
+        run: String,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,5 +1,6 @@
 //! The `drover` binary: command line, tracing setup and the explicit plugin registry.
 
+mod archive;
 mod cli;
 mod commands;
 mod progress;
@@ -55,6 +56,15 @@ impl From<anyhow::Error> for Failure {
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         Failure::Other(e.into())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Reported(code) => write!(f, "exit {}", *code as u8),
+            Failure::Usage(e) | Failure::Other(e) => write!(f, "{e:#}"),
+        }
     }
 }
 

@@ -153,6 +153,16 @@ pub fn describe(rec: &Record) -> Option<String> {
         Event::Interrupted { reason } => format!("interrupted: {reason}"),
         Event::RunFinished { outcome, reason, .. } => format!("finished: {} ({reason})", outcome.as_str()),
         Event::Sealed { fingerprint, .. } => format!("journal sealed with key {fingerprint}"),
+        Event::EvidenceArchived {
+            store,
+            key,
+            mode,
+            retain_until,
+            ..
+        } => format!("evidence archived to {store}:{key} ({mode} until {retain_until})"),
+        Event::EvidenceArchiveFailed { store, error, .. } => {
+            format!("evidence archive to {store} failed: {error}")
+        }
     })
 }
 

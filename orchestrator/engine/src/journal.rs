@@ -253,6 +253,27 @@ pub enum Event {
         by: String,
         reason: String,
     },
+    /// The sealed evidence bundle (the records up to `head_seq`) was uploaded to the
+    /// archive under Object Lock retention. Written after the run's seal, then sealed again.
+    EvidenceArchived {
+        store: String,
+        bucket: String,
+        key: String,
+        version_id: Option<String>,
+        mode: String,
+        retain_until: String,
+        /// SHA-256 of the bundle's bytes as uploaded.
+        bundle_sha256: String,
+        head_seq: u64,
+    },
+    /// An upload to the archive failed: the run's outcome is unchanged;
+    /// `drover evidence archive RUN` retries it.
+    EvidenceArchiveFailed {
+        store: String,
+        key: String,
+        error: String,
+        head_seq: u64,
+    },
     /// The last record: an ed25519 signature over the hash of the record before it.
     Sealed {
         head: String,
@@ -281,6 +302,8 @@ impl Event {
             Event::Interrupted { .. } => "interrupted",
             Event::RunFinished { .. } => "run_finished",
             Event::Acknowledged { .. } => "acknowledged",
+            Event::EvidenceArchived { .. } => "evidence_archived",
+            Event::EvidenceArchiveFailed { .. } => "evidence_archive_failed",
             Event::Sealed { .. } => "sealed",
         }
     }

@@ -64,6 +64,23 @@ pub struct Finish {
     pub at: String,
 }
 
+/// The latest upload of the run's evidence to the archive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchiveState {
+    /// `archived` or `failed`.
+    pub status: &'static str,
+    pub store: String,
+    pub key: String,
+    pub version_id: Option<String>,
+    pub mode: Option<String>,
+    pub retain_until: Option<String>,
+    pub bundle_sha256: Option<String>,
+    pub error: Option<String>,
+    /// The last record of the bundle it uploaded (or tried to).
+    pub head_seq: u64,
+    pub at: String,
+}
+
 /// A run as its journal tells it.
 #[derive(Debug, Clone, Default)]
 pub struct RunState {
@@ -101,6 +118,11 @@ pub struct RunState {
     pub sealed: bool,
     /// Who took the run over, and why (`drover ack`).
     pub acknowledged: Option<(String, String, String)>,
+    /// The latest archive upload (`evidence.archive`), if any was tried.
+    pub archive: Option<ArchiveState>,
+    /// The last record that is not a seal or an archive upload: what an archived
+    /// bundle must reach to be current.
+    pub last_content_seq: Option<u64>,
     pub last_seq: Option<u64>,
     pub last_t: f64,
     pub last_at: String,
@@ -187,6 +209,12 @@ impl RunState {
         self.last_t = r.t;
         self.last_at.clone_from(&r.at);
         self.sealed = matches!(r.event, Event::Sealed { .. });
+        if !matches!(
+            r.event,
+            Event::Sealed { .. } | Event::EvidenceArchived { .. } | Event::EvidenceArchiveFailed { .. }
+        ) {
+            self.last_content_seq = Some(r.seq);
+        }
         match &r.event {
             Event::RunStarted {
                 runbook,
@@ -338,6 +366,48 @@ impl RunState {
             Event::RollbackStarted { reason } => self.rollbacks.push(*reason),
             Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
             Event::Sealed { fingerprint, .. } => self.sealed_by = Some(fingerprint.clone()),
+            Event::EvidenceArchived {
+                store,
+                key,
+                version_id,
+                mode,
+                retain_until,
+                bundle_sha256,
+                head_seq,
+                ..
+            } => {
+                self.archive = Some(ArchiveState {
+                    status: "archived",
+                    store: store.clone(),
+                    key: key.clone(),
+                    version_id: version_id.clone(),
+                    mode: Some(mode.clone()),
+                    retain_until: Some(retain_until.clone()),
+                    bundle_sha256: Some(bundle_sha256.clone()),
+                    error: None,
+                    head_seq: *head_seq,
+                    at: r.at.clone(),
+                });
+            }
+            Event::EvidenceArchiveFailed {
+                store,
+                key,
+                error,
+                head_seq,
+            } => {
+                self.archive = Some(ArchiveState {
+                    status: "failed",
+                    store: store.clone(),
+                    key: key.clone(),
+                    version_id: None,
+                    mode: None,
+                    retain_until: None,
+                    bundle_sha256: None,
+                    error: Some(error.clone()),
+                    head_seq: *head_seq,
+                    at: r.at.clone(),
+                });
+            }
             Event::RunFinished {
                 outcome,
                 rto_s,
@@ -353,6 +423,14 @@ impl RunState {
                 });
             }
         }
+    }
+
+    /// Whether the archive holds a bundle with everything but seals and archive
+    /// records: nothing more to upload.
+    pub fn archive_current(&self) -> bool {
+        self.archive
+            .as_ref()
+            .is_some_and(|a| a.status == "archived" && Some(a.head_seq) >= self.last_content_seq)
     }
 
     /// Whether the step finished ok.

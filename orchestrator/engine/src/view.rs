@@ -87,6 +87,8 @@ pub struct RunView {
     pub sealed_by: Option<String>,
     /// An operator took the (stuck) run over: who, why, when (`drover ack`).
     pub acknowledged: Option<Acknowledgement>,
+    /// The latest upload of the run's evidence to the archive (`evidence.archive`).
+    pub archive: Option<crate::state::ArchiveState>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -236,6 +238,7 @@ impl RunView {
                 .acknowledged
                 .clone()
                 .map(|(by, reason, at)| Acknowledgement { by, reason, at }),
+            archive: state.archive.clone(),
         }
     }
 }

@@ -205,10 +205,35 @@ impl Default for EvidenceConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceArchive {
+    /// The object store (its bucket must have Object Lock enabled).
     pub object_store: Located<String>,
+    /// Key prefix; each run's bundle is `PREFIX<run id>.bundle.json`.
     #[serde(default)]
     pub prefix: String,
-    pub retention_days: u32,
+    /// How long every uploaded bundle is retained (Object Lock retain-until).
+    pub retention_days: Located<u32>,
+    /// The retention mode: COMPLIANCE (default; nobody can shorten it) or GOVERNANCE.
+    #[serde(default)]
+    pub mode: ArchiveMode,
+}
+
+/// Object Lock retention modes for archived evidence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum ArchiveMode {
+    #[default]
+    #[serde(rename = "COMPLIANCE", alias = "compliance")]
+    Compliance,
+    #[serde(rename = "GOVERNANCE", alias = "governance")]
+    Governance,
+}
+
+impl ArchiveMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveMode::Compliance => "COMPLIANCE",
+            ArchiveMode::Governance => "GOVERNANCE",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -155,6 +155,12 @@ fn check_config(c: &Config, path: &Path, runbooks: &[crate::load::RunbookFile], 
             &archive.object_store,
             c.object_stores.iter().map(|x| x.name.as_str()),
         );
+        if archive.retention_days.value == 0 {
+            s.err(
+                archive.retention_days.loc,
+                "retention_days must be at least 1: archived evidence is kept under Object Lock",
+            );
+        }
     }
     if let Some(api) = &c.api {
         if api.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -413,6 +413,19 @@ fn findings(run: &RunView, ev: &Verification) -> Vec<Finding> {
             ),
         );
     }
+    if let Some(a) = &run.archive
+        && a.status == "failed"
+    {
+        push(
+            "warning",
+            format!(
+                "the evidence archive upload to {} failed: {}; the outcome is unchanged (retry: `drover evidence archive {}`)",
+                a.store,
+                a.error.as_deref().unwrap_or("unknown error"),
+                run.id
+            ),
+        );
+    }
     if run.outcome == Some("refused") {
         push(
             "note",

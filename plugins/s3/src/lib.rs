@@ -1,12 +1,14 @@
 //! S3 actions: `s3.verify-backups` (newest backup's age, sizes, SHA-256 recomputed by
 //! streaming and compared with the stored checksum, a sidecar or a manifest),
 //! `s3.replication` (two buckets compared: missing, stale, mismatching objects, lag)
-//! and `s3.object-lock` (the bucket's Object Lock and default retention).
+//! and `s3.object-lock` (the bucket's Object Lock and default retention); and the
+//! upload of sealed evidence bundles under retention ([`archive`]).
 //!
 //! The [`client`] module builds the aws-sdk-s3 client of a configured store (rustls with
 //! ring) and keeps the keys out of every message; other plugins (`postgres.restore-test`)
 //! may use it. docs/S3.md describes the semantics.
 
+pub mod archive;
 pub mod client;
 mod lock;
 mod replication;

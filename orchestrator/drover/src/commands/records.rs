@@ -248,6 +248,35 @@ pub fn evidence(cli: &Cli, command: &EvidenceCommand) -> CmdResult {
             );
             Ok(Exit::Passed)
         }
+        EvidenceCommand::Archive { run, format } => {
+            let (store, config) = open(cli)?;
+            let id = resolve(&store, run)?;
+            if config.evidence.archive.is_none() {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "no evidence archive is configured: set evidence.archive {{object_store, prefix, retention_days}} in {}",
+                    cli.config.display()
+                )));
+            }
+            let (archival, state) = super::run::archive_now(cli, &id)?;
+            use crate::archive::Archival;
+            if let Archival::NotSealed = archival {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "run {id} has not finished: its evidence is archived once it is sealed"
+                )));
+            }
+            match format {
+                TextJson::Json => super::print_json(&serde_json::json!({"run": id, "archive": state.archive}))?,
+                TextJson::Text => {
+                    if let Some(line) = archival.line(&id) {
+                        println!("{line}");
+                    }
+                }
+            }
+            Ok(match archival {
+                Archival::Failed(_) => Exit::Failed,
+                _ => Exit::Passed,
+            })
+        }
         EvidenceCommand::Verify { target, key, format } => {
             let path = Path::new(target);
             let (v, what) = if path.is_file() {

@@ -207,7 +207,38 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
     });
     ui.finish();
     let state = state.map_err(|e| engine_error(e, format))?;
+    let state = rt.block_on(archive_after(&engine, &config, state));
     report(&engine.store, &state, format)
+}
+
+/// Archives a sealed run's evidence when `evidence.archive` asks for it, and says how it
+/// went on stderr. A failed upload is journaled and leaves the outcome alone.
+async fn archive_after(engine: &Engine, config: &Config, state: RunState) -> RunState {
+    if config.evidence.archive.is_none() || state.finished.is_none() {
+        return state;
+    }
+    match crate::archive::archive(engine, config, &state.id).await {
+        Ok((a, st)) => {
+            if let Some(line) = a.line(&st.id) {
+                eprintln!("{line}");
+            }
+            st
+        }
+        Err(e) => {
+            eprintln!(
+                "evidence archive: {e}; retry with `drover evidence archive {}`",
+                state.id
+            );
+            state
+        }
+    }
+}
+
+/// `drover evidence archive RUN`: the upload, now.
+pub fn archive_now(cli: &Cli, id: &str) -> Result<(crate::archive::Archival, RunState), Failure> {
+    let (engine, id, _) = engine_for_run(cli, id, "archive")?;
+    let config = engine.config.clone();
+    runtime()?.block_on(crate::archive::archive(&engine, &config, &id))
 }
 
 /// The engine for a command on a recorded run (`resume`, `ack`), and the run's full id.
@@ -231,6 +262,8 @@ pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
     });
     ui.finish();
     let state = state.map_err(|e| engine_error(e, format))?;
+    let config = engine.config.clone();
+    let state = rt.block_on(archive_after(&engine, &config, state));
     report(&engine.store, &state, format)
 }
 
@@ -241,6 +274,8 @@ pub fn ack(cli: &Cli, run: &str, reason: &str, format: TextJson) -> CmdResult {
     let state = rt.block_on(engine.acknowledge(&id, &user(), reason));
     ui.finish();
     let state = state.map_err(|e| engine_error(e, format))?;
+    let config = engine.config.clone();
+    let state = rt.block_on(archive_after(&engine, &config, state));
     let live = drover_engine::is_live(&engine.store, &state.id);
     let view = RunView::new(&state, live);
     match format {

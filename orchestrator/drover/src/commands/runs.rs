@@ -138,6 +138,21 @@ pub fn text(v: &RunView) -> String {
     if let Some(a) = &v.acknowledged {
         let _ = writeln!(out, "  acknowledged by {} at {}: {}", a.by, a.at, a.reason);
     }
+    match &v.archive {
+        Some(a) if a.status == "archived" => {
+            let _ = writeln!(out, "  evidence archived: {}", crate::archive::describe(a));
+        }
+        Some(a) => {
+            let _ = writeln!(
+                out,
+                "  evidence archive FAILED at {}: {} (retry: drover evidence archive {})",
+                a.at,
+                a.error.as_deref().unwrap_or("unknown error"),
+                v.id
+            );
+        }
+        None => {}
+    }
     let _ = writeln!(
         out,
         "  RTO {} (target {})   RPO {} (target {})",

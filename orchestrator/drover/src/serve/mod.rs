@@ -207,7 +207,10 @@ impl Daemon {
             d.runs.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             d.metrics.runs_active.dec();
             match result {
-                Ok(st) => d.finished(&st),
+                Ok(st) => {
+                    d.finished(&st);
+                    d.archive(&st).await;
+                }
                 Err(e) => tracing::error!(run = %id, error = %e, "the run ended with an error; it is resumable"),
             }
         });
@@ -252,6 +255,27 @@ impl Daemon {
     }
 
     /// A run's state from its journal.
+    /// Archives a finished run's evidence (`evidence.archive`), logging the result.
+    async fn archive(&self, st: &RunState) {
+        let config = self.snapshot().config.clone();
+        if config.evidence.archive.is_none() || st.finished.is_none() {
+            return;
+        }
+        match crate::archive::archive(&self.engine, &config, &st.id).await {
+            Ok((crate::archive::Archival::Failed(a), _)) => tracing::error!(
+                run = %st.id,
+                error = a.error.as_deref().unwrap_or(""),
+                "the evidence archive upload failed; the run's outcome is unchanged (retry: drover evidence archive RUN)"
+            ),
+            Ok((a, _)) => {
+                if let Some(line) = a.line(&st.id) {
+                    tracing::info!(run = %st.id, "{line}");
+                }
+            }
+            Err(e) => tracing::error!(run = %st.id, error = %e, "the evidence archive could not be recorded"),
+        }
+    }
+
     fn state(&self, id: &str) -> Result<RunState, drover_engine::StoreError> {
         let records = drover_engine::journal::load_records(self.store(), id)?;
         Ok(RunState::from_records(id, &records))

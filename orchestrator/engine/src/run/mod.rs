@@ -628,6 +628,54 @@ impl Engine {
         drop(lock);
         Ok(journal.state())
     }
+    /// Journals an upload of the run's sealed evidence to the archive (or its failure)
+    /// and seals the journal again. The run must be finished and sealed; its outcome,
+    /// row and lock are untouched (a failed upload never changes a run's outcome).
+    pub async fn record_archive(&self, run_id: &str, event: Event) -> Result<RunState, EngineError> {
+        if !matches!(
+            event,
+            Event::EvidenceArchived { .. } | Event::EvidenceArchiveFailed { .. }
+        ) {
+            return Err(EngineError::Internal(format!(
+                "record_archive takes an archive event, not {}",
+                event.kind()
+            )));
+        }
+        let Some(lock) = lock::take(&self.store, run_id)? else {
+            return Err(EngineError::Refused(format!(
+                "run {run_id} is running in another process: archive its evidence when it has finished"
+            )));
+        };
+        let (state, head) = self.read(run_id).await?;
+        if state.finished.is_none() || !state.sealed {
+            return Err(EngineError::Refused(format!(
+                "run {run_id} has not finished: its evidence is archived once it is sealed"
+            )));
+        }
+        let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
+        let journal = Journal::new(
+            self.store.clone(),
+            state.clone(),
+            head,
+            RunClock::resume(started, state.last_t),
+            self.observer.clone(),
+            &self.secrets,
+        );
+        let signer = self.signer.clone();
+        let id = run_id.to_owned();
+        journal
+            .commit(
+                move |b| {
+                    b.push(event)?;
+                    drive::seal(b, &id, signer.as_deref())
+                },
+                |_, ()| Ok(()),
+            )
+            .await?;
+        self.store.sync().await?;
+        drop(lock);
+        Ok(journal.state())
+    }
 }
 
 /// Drives a run in a task of its own, holding its lock, in its span.
