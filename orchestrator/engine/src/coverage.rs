@@ -198,10 +198,18 @@ impl Coverage {
             // Oldest first.
             let mut runs: Vec<&RunRow> = rows.iter().filter(|r| recovering.contains(&r.runbook)).collect();
             runs.sort_by(|a, b| a.finished_at.cmp(&b.finished_at).then(a.id.cmp(&b.id)));
+            // A CI whose tier is inherited has no targets of its own in the runs: its
+            // tier's (or its own overrides) are what it is judged against.
+            let own = cmdb.targets_of(id);
+            let tier_targets = cmdb.tiers.get(tier.tier);
+            let rto_target = own.rto.or(tier_targets.map(|t| t.rto)).map(|d| d.as_secs_f64());
+            let rpo_target = own.rpo.or(tier_targets.map(|t| t.rpo)).map(|d| d.as_secs_f64());
             let mut refs = Vec::new();
             for r in &runs {
                 let st = state(&r.id)?;
-                let (rto, rpo) = figures(&st, id);
+                let (mut rto, mut rpo) = figures(&st, id);
+                rto.target_s = rto.target_s.or(rto_target);
+                rpo.target_s = rpo.target_s.or(rpo_target);
                 refs.push(RunRef {
                     run: r.id.clone(),
                     at: r.finished_at.clone().unwrap_or_default(),
