@@ -150,3 +150,48 @@ impl Cmdb {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::CiGraph;
+
+    fn cmdb(yaml: &str) -> Cmdb {
+        let node = crate::node::parse_yaml(yaml).expect("parses");
+        crate::de::from_node(&node).expect("a CMDB")
+    }
+
+    #[test]
+    fn a_ci_without_a_tier_inherits_the_strictest_of_its_dependents() {
+        let c = cmdb(
+            "tiers:\n  bronze: {rto: 24h, rpo: 24h, drill_every: 365d}\n  gold: {rto: 15m, rpo: 1m, drill_every: 90d}\n\
+             items:\n  - {id: report, kind: business_service, tier: bronze, depends_on: [db]}\n\
+             \x20 - {id: shop, kind: business_service, tier: gold, depends_on: [api]}\n\
+             \x20 - {id: api, kind: application, depends_on: [db]}\n\
+             \x20 - {id: db, kind: database, drill_every: 30d}\n\
+             \x20 - {id: lonely, kind: cache}\n",
+        );
+        let g = CiGraph::new(&c);
+        let tiers: Vec<(&str, &str, Option<&str>)> = c
+            .effective_tiers(&g)
+            .into_iter()
+            .map(|(ci, t)| (ci.id.as_str(), t.tier, t.from))
+            .collect();
+        assert_eq!(
+            tiers,
+            [
+                ("report", "bronze", None),
+                ("shop", "gold", None),
+                ("api", "gold", Some("shop")),
+                // Two tiered CIs depend on db: the stricter (gold) wins over the nearer.
+                ("db", "gold", Some("shop")),
+            ]
+        );
+        let db = c.item("db").unwrap();
+        let days = |n: u64| Some(Dur(std::time::Duration::from_secs(n * 86_400)));
+        assert_eq!(c.drill_every(db, Some("gold")), days(30), "its own");
+        let api = c.item("api").unwrap();
+        assert_eq!(c.drill_every(api, Some("gold")), days(90), "its tier's");
+        assert_eq!(c.drill_every(api, None), None);
+    }
+}
