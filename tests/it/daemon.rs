@@ -930,3 +930,84 @@ fn with_on_start_hold_an_interrupted_run_waits_for_an_operator() {
     assert_eq!(run["state"], "interrupted", "held, not resumed: {run:#}");
     assert!(d.stderr.lock().unwrap().contains("held for an operator"));
 }
+
+#[test]
+fn coverage_and_corrective_actions_over_the_api_the_dashboard_and_metrics() {
+    let (fx, ca) = fixture("");
+    fx.write(
+        "cmdb.yaml",
+        &CMDB.replace("{rto: 15m, rpo: 1m}", "{rto: 15m, rpo: 1m, drill_every: 90d}"),
+    );
+    fx.write(
+        "runbooks/failing.yaml",
+        "name: failing\nservice: svc\nsteps:\n  - {id: broken, uses: exec.run, with: {command: [sh, -c, \"test -f fixed\"]}}\n",
+    );
+    let d = Daemon::start(&fx, &ca);
+    let id = start_run(&d, "failing", "drill");
+    assert_eq!(d.wait_finished(&id)["outcome"], "failed");
+
+    let (status, list) = d.json("GET", "/api/v1/actions?open=true", "viewer", None);
+    assert_eq!(status, 200, "{list:#}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:#?}");
+    let action = list[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["run"], id.as_str());
+    assert_eq!(list[0]["kind"], "failed_step");
+
+    let (status, cov) = d.json("GET", "/api/v1/coverage", "viewer", None);
+    assert_eq!(status, 200, "{cov:#}");
+    let svc = cov.as_array().unwrap().iter().find(|i| i["ci"] == "svc").unwrap();
+    assert_eq!(svc["status"], "failing", "{svc:#}");
+    assert_eq!(svc["open_actions"], json!([action]));
+    assert_eq!(svc["runbooks"], json!(["failing", "quick"]));
+
+    let (status, metrics) = d.call("GET", "/metrics", Some(token("viewer")), None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("drover_coverage_cis{tier=\"gold\",status=\"failing\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drover_coverage_cis{tier=\"gold\",status=\"ok\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("drover_corrective_actions_open 1"), "{metrics}");
+
+    let (status, html) = d.call("GET", "/", Some(token("viewer")), None);
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("Drill coverage") && html.contains("gold: 0 of 1 service within policy"),
+        "{html}"
+    );
+    assert!(html.contains(&action), "the dashboard lists the open action");
+
+    // Closing needs an operator and a note; who closed it is the token's name.
+    let path = format!("/api/v1/actions/{action}/close");
+    let (status, _) = d.json("POST", &path, "viewer", Some(json!({"note": "x"})));
+    assert_eq!(status, 403);
+    let (status, v) = d.json("POST", &path, "operator", Some(json!({"note": ""})));
+    assert_eq!(status, 400, "{v:#}");
+    let (status, v) = d.json(
+        "POST",
+        &path,
+        "operator",
+        Some(json!({"note": "fixed the script by hand"})),
+    );
+    assert_eq!(status, 200, "{v:#}");
+    assert_eq!(v["state"], "closed");
+    assert_eq!(v["closed"]["by"], "operator-bot");
+    assert_eq!(v["closed"]["note"], "fixed the script by hand");
+    let (status, v) = d.json("POST", &path, "operator", Some(json!({"note": "again"})));
+    assert_eq!(status, 409, "{v:#}");
+    let (status, _) = d.json(
+        "POST",
+        "/api/v1/actions/CA-1999-0001/close",
+        "operator",
+        Some(json!({"note": "x"})),
+    );
+    assert_eq!(status, 404);
+    let (_, shown) = d.json("GET", &format!("/api/v1/actions/{action}"), "viewer", None);
+    assert_eq!(shown["state"], "closed");
+    let (_, metrics) = d.call("GET", "/metrics", Some(token("viewer")), None);
+    assert!(metrics.contains("drover_corrective_actions_open 0"), "{metrics}");
+}

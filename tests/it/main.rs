@@ -18,6 +18,7 @@ macro_rules! assert_tmp_snapshot {
 mod support;
 
 mod cli;
+mod continuity;
 mod crashes;
 mod daemon;
 mod diagnostics;

@@ -891,3 +891,71 @@ fn s3_evidence_archive_uploads_each_sealed_bundle_under_retention_and_retries_a_
     assert!(stderr.contains("evidence archived: replica:evidence/"), "{stderr}");
     assert_eq!(run["archive"]["status"], "archived", "{run:#}");
 }
+
+#[test]
+fn s3_a_corrupt_backup_opens_a_corrective_action_by_its_key_closed_when_it_verifies_again_on_s3s_fs() {
+    let lab = Lab::new(S3Kind::S3sFs);
+    let a = vec![b'a'; 100_000];
+    let b = b"second backup".repeat(500);
+    lab.put("db/a.dump", &a, true);
+    lab.put("db/b.dump", &b, false);
+    lab.sidecar("db/b.dump", &b);
+    lab.runbook("backups", VERIFY);
+    let (code, run, stderr) = lab.verify("backups", &[]);
+    assert_eq!(code, 0, "{run:#}\n{stderr}");
+    let actions = |open: bool| -> Vec<Value> {
+        let mut cmd = lab.fx.drover();
+        cmd.args(["actions", "list", "--format", "json"]);
+        if open {
+            cmd.arg("--open");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(actions(false).is_empty());
+
+    // Bit rot under the server: the run fails and the action names the key.
+    lab.rot("db/b.dump");
+    let (code, bad, _) = lab.verify("backups", &[]);
+    assert_eq!(code, 1, "{bad:#}");
+    let open = actions(true);
+    assert_eq!(open.len(), 1, "{open:#?}");
+    let x = &open[0];
+    assert_eq!(x["kind"], "backup", "{x:#}");
+    assert_eq!(x["finding"], "backup:store/db/b.dump");
+    assert_eq!(x["detail"]["key"], "store/db/b.dump");
+    assert_eq!(x["detail"]["status"], "corrupt");
+    assert_eq!(x["detail"]["object"]["key"], "db/b.dump");
+    assert_eq!(x["ci"], "svc");
+    assert_eq!(x["run"], bad["id"]);
+    assert!(
+        x["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup `store/db/b.dump` is corrupt"),
+        "{x:#}"
+    );
+    // The intact backup is no finding; the failed check is not a second one.
+    assert!(!serde_json::to_string(&open).unwrap().contains("db/a.dump"));
+
+    // Replaced by an intact copy: the next passing verification closes it.
+    lab.put("db/b.dump", &b, false);
+    let (code, good, _) = lab.verify("backups", &[]);
+    assert_eq!(code, 0, "{good:#}");
+    assert!(actions(true).is_empty(), "{:#?}", actions(false));
+    let closed = &actions(false)[0];
+    assert_eq!(closed["closed"]["run"], good["id"]);
+    assert!(
+        closed["closed"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("no longer finds `store/db/b.dump` bad"),
+        "{closed:#}"
+    );
+
+}

@@ -177,6 +177,36 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// The continuity programme: which tiered CIs are drilled, due, overdue, failing or
+    /// not covered by any runbook.
+    ///
+    /// For every CMDB item with a tier (its own, or inherited from a CI that depends on
+    /// it): the runbooks that recover it, its last drill and last passing drill (from the
+    /// recorded runs; verify runs count as backup verification, not drills), the RTO and
+    /// RPO achieved there, the date the next drill is due (`drill_every`) and a status:
+    /// ok, due (within 14 days), overdue, never, failing (the last drill did not pass) or
+    /// uncovered (no runbook; listed as a gap with its blast radius). A summary line per
+    /// tier, and the open corrective actions per CI.
+    Coverage {
+        #[arg(long, value_enum, default_value_t = CoverageFormat::Text)]
+        format: CoverageFormat,
+        /// Judge as of this instant (RFC 3339, e.g. an audit date) instead of now; runs
+        /// that ended later are left out.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Corrective actions: what runs that did not pass found wrong, followed up.
+    ///
+    /// A run that ends other than passed opens one action per finding (a failed step or
+    /// check, a missed RTO or RPO target, a bad backup by its key, a stuck undo); a later
+    /// passing run of the same runbook closes those it proves fixed.
+    Actions {
+        #[command(subcommand)]
+        command: ActionsCommand,
+    },
     /// Export and verify the signed, hash-chained evidence of runs.
     Evidence {
         #[command(subcommand)]
@@ -235,6 +265,44 @@ pub enum ChangeCommand {
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// Corrective actions, oldest first.
+    List {
+        /// Only the open ones.
+        #[arg(long)]
+        open: bool,
+        /// Only those of this service (a run's service or the action's CI).
+        #[arg(long, value_name = "S")]
+        service: Option<String>,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+    /// One corrective action with its history.
+    Show {
+        /// An action id, e.g. CA-2026-0001.
+        id: String,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+    /// Close an action by hand: who and why are recorded in its history.
+    Close {
+        id: String,
+        /// Why it is closed (what was fixed, or why it is accepted).
+        #[arg(long, value_name = "TEXT")]
+        note: String,
+        #[arg(long, value_enum, default_value_t = TextJson::Text)]
+        format: TextJson,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CoverageFormat {
+    Text,
+    Json,
+    Html,
 }
 
 #[derive(Debug, Subcommand)]

@@ -179,6 +179,10 @@ fn main() -> ExitCode {
             output,
         } => commands::records::trend(&cli, service, *format, output.as_deref()),
         Command::Evidence { command } => commands::records::evidence(&cli, command),
+        Command::Coverage { format, at, output } => {
+            commands::continuity::coverage(&cli, *format, at.as_deref(), output.as_deref())
+        }
+        Command::Actions { command } => commands::continuity::actions(&cli, command),
         Command::Schema { kind, out_dir } => commands::schema::run(*kind, out_dir.as_deref()),
         Command::Completions { shell } => commands::schema::completions(*shell),
         Command::Man => commands::schema::man(),

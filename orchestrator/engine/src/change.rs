@@ -56,8 +56,9 @@ fn add_secs(rfc3339: &str, secs: f64) -> Option<String> {
     ))
 }
 
+/// Durations read as in the continuity report (`0.23s`, not a rounded `0s`).
 fn dur(s: f64) -> String {
-    drover_model::Dur(std::time::Duration::from_secs(s.round() as u64)).to_string()
+    crate::view::secs(s)
 }
 
 impl ChangeRecord {
@@ -236,6 +237,26 @@ impl ChangeRecord {
             close_notes,
             run_id: st.id.clone(),
         })
+    }
+
+    /// Adds the corrective actions the run opened (and those it proved fixed) to the
+    /// close notes.
+    pub fn add_actions(&mut self, run_id: &str, actions: &[crate::actions::CorrectiveAction]) {
+        let Some(notes) = &mut self.close_notes else {
+            return;
+        };
+        let opened: Vec<String> = actions.iter().filter(|a| a.run == run_id).map(|a| a.line()).collect();
+        let fixed: Vec<String> = actions
+            .iter()
+            .filter(|a| a.closed.as_ref().and_then(|c| c.run.as_deref()) == Some(run_id))
+            .map(|a| format!("{}: {}", a.id, a.summary))
+            .collect();
+        if !opened.is_empty() {
+            notes.push_str(&format!(" Corrective actions: {}.", opened.join("; ")));
+        }
+        if !fixed.is_empty() {
+            notes.push_str(&format!(" Proved fixed and closed: {}.", fixed.join("; ")));
+        }
     }
 
     /// The record with the field names of ServiceNow's `change_request` table.

@@ -187,6 +187,10 @@ pub enum Event {
         name: String,
         attempts: u32,
         error: String,
+        /// What the check found, as data (`ActionError::Found`): e.g. the backups that
+        /// are corrupt, one by one.
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        found: serde_json::Value,
     },
     /// A polled check is failing: written for its first failure and whenever the error
     /// changes, not for every poll.
@@ -223,6 +227,9 @@ pub enum Event {
         attempts: u32,
         output: Option<StepOutput>,
         error: Option<String>,
+        /// What a failed step found, as data (`ActionError::Found`).
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        found: serde_json::Value,
     },
     /// The first permanent failure: no further steps start.
     Halted {
@@ -425,6 +432,11 @@ impl std::fmt::Debug for Journal {
 /// Formats a wall-clock time as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses an RFC 3339 time as [`rfc3339`] writes it.
+pub fn parse_rfc3339(t: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(t).ok()
 }
 
 /// Builds the next records of a run under its journal's lock (see [`Journal::commit`]).

@@ -1,7 +1,9 @@
 //! drover's engine: planning runbooks over the CMDB dependency graph, and running the
 //! plans with a durable journal, rollback, resume and RTO measurement.
 
+pub mod actions;
 pub mod change;
+pub mod coverage;
 pub mod crash;
 pub mod evidence;
 pub mod journal;

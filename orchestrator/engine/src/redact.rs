@@ -325,6 +325,7 @@ mod tests {
             attempts: 1,
             output: Some(StepOutput::new(summary).with_data(data)),
             error: None,
+            found: Value::Null,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct StepState {
     pub may_have_acted: bool,
     /// Journal sequence of the step's latest record.
     pub last_seq: u64,
+    /// What the step found when it failed, as data (e.g. corrupt backups).
+    pub found: serde_json::Value,
 }
 
 /// One preflight or verify check.
@@ -52,6 +54,8 @@ pub struct CheckState {
     pub summary: Option<String>,
     pub error: Option<String>,
     pub data: serde_json::Value,
+    /// What the check found when it last failed, as data (e.g. corrupt backups).
+    pub found: serde_json::Value,
 }
 
 /// The end of a run.
@@ -173,6 +177,7 @@ impl RunState {
                     checkpoint: None,
                     may_have_acted: false,
                     last_seq: 0,
+                    found: serde_json::Value::Null,
                 });
                 self.index.insert(key, self.steps.len() - 1);
                 self.steps.len() - 1
@@ -195,6 +200,7 @@ impl RunState {
                     summary: None,
                     error: None,
                     data: serde_json::Value::Null,
+                    found: serde_json::Value::Null,
                 });
                 self.check_index.insert(key, self.checks.len() - 1);
                 self.checks.len() - 1
@@ -279,17 +285,20 @@ impl RunState {
                 c.summary = Some(summary.clone());
                 c.error = None;
                 c.data = data.clone();
+                c.found = serde_json::Value::Null;
             }
             Event::CheckFailed {
                 phase,
                 name,
                 attempts,
                 error,
+                found,
             } => {
                 let c = self.check_mut(*phase, name);
                 c.passed = false;
                 c.attempts += attempts;
                 c.error = Some(error.clone());
+                c.found = found.clone();
             }
             Event::CheckAttemptFailed { phase, name, error, .. } => {
                 let c = self.check_mut(*phase, name);
@@ -337,6 +346,7 @@ impl RunState {
                 attempts,
                 output,
                 error,
+                found,
             } => {
                 let (at, t, seq) = (r.at.clone(), r.t, r.seq);
                 let s = self.step_mut(*phase, step);
@@ -347,6 +357,7 @@ impl RunState {
                 s.finished_t = Some(t);
                 s.output.clone_from(output);
                 s.error.clone_from(error);
+                s.found = found.clone();
                 s.finish_seq = Some(seq);
                 s.last_seq = seq;
                 if matches!(status, StepStatus::Ok | StepStatus::OutcomeUnknown) {

@@ -263,6 +263,7 @@ fn connect(path: &Path) -> StoreResult<Connection> {
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(crate::actions::SCHEMA)?;
     for (name, ty) in ADDED_COLUMNS {
         let has: bool = conn.query_row(
             "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = ?1",
@@ -684,6 +685,43 @@ impl Store {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Corrective actions, oldest first.
+    pub fn actions(&self, filter: &crate::actions::ActionFilter) -> StoreResult<Vec<crate::actions::CorrectiveAction>> {
+        crate::actions::list(&self.conn(), filter).map_err(|e| self.with_path(e))
+    }
+
+    /// One corrective action.
+    pub fn action(&self, id: &str) -> StoreResult<Option<crate::actions::CorrectiveAction>> {
+        crate::actions::get(&self.conn(), id).map_err(|e| self.with_path(e))
+    }
+
+    /// Closes a corrective action by hand (`drover actions close`, the API): who, when
+    /// and why go into its append-only history. Refused when it is closed already.
+    pub async fn close_action(
+        &self,
+        id: &str,
+        by: &str,
+        note: &str,
+    ) -> StoreResult<Result<crate::actions::CorrectiveAction, crate::actions::CloseRefusal>> {
+        let (id, by, note) = (id.to_owned(), by.to_owned(), note.to_owned());
+        let at = crate::journal::rfc3339(SystemTime::now());
+        self.write(move |tx| crate::actions::close(tx, &id, &by, &note, &at))
+            .await
+    }
+
+    /// Opens (or, for a passing run, closes) the corrective actions of a finished run,
+    /// idempotently: for a run settled after a crash.
+    pub async fn record_actions(&self, state: crate::state::RunState) -> StoreResult<()> {
+        self.write(move |tx| crate::actions::record(tx, &state)).await
+    }
+
+    fn with_path(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Sqlite { path, source } if path.as_os_str().is_empty() => self.err(source),
+            e => e,
+        }
     }
 
     /// Every record of a run, in order.

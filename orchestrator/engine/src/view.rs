@@ -98,6 +98,18 @@ pub struct Acknowledgement {
     pub at: String,
 }
 
+/// A duration for people, the same everywhere (reports, change records, actions):
+/// `0.23s`, `12.3s`, `4m 5s`.
+pub fn secs(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.2}s")
+    } else if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        drover_model::Dur(std::time::Duration::from_secs(s.round() as u64)).to_string()
+    }
+}
+
 fn status_name(s: Option<StepStatus>) -> &'static str {
     match s {
         Some(StepStatus::Ok) => "ok",

@@ -21,6 +21,10 @@ pub struct Cmdb {
 pub struct Tier {
     pub rto: Dur,
     pub rpo: Dur,
+    /// The longest allowed gap between passing drills of a CI of this tier (`90d`):
+    /// `drover coverage` shows when the next one is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_every: Option<Located<Dur>>,
 }
 
 /// A configuration item.
@@ -42,6 +46,9 @@ pub struct Ci {
     /// Overrides the tier's RPO.
     #[serde(default)]
     pub rpo: Option<Dur>,
+    /// Overrides the tier's `drill_every` (the longest allowed gap between passing drills).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_every: Option<Located<Dur>>,
     /// CIs this one needs to work.
     #[serde(default)]
     pub depends_on: Vec<Located<String>>,
@@ -63,7 +70,70 @@ pub struct Targets {
     pub rpo: Option<Dur>,
 }
 
+/// A CI's tier as the continuity programme sees it: its own, or inherited from the CIs
+/// that depend on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectiveTier<'a> {
+    pub tier: &'a str,
+    /// The CI it is inherited from (the nearest, strictest one); `None`: its own.
+    pub from: Option<&'a str>,
+}
+
 impl Cmdb {
+    /// Every CI that has a tier, directly or inherited: a CI without a tier of its own
+    /// takes the strictest tier (shortest `drill_every`, then RTO, then RPO, then CMDB
+    /// order) among the tiered CIs that depend on it, transitively (typically a business
+    /// service). Unknown tiers are left out (validation reports them).
+    pub fn effective_tiers<'a>(&'a self, graph: &crate::graph::CiGraph) -> Vec<(&'a Ci, EffectiveTier<'a>)> {
+        let rank = |name: &str| {
+            let pos = self.tiers.keys().position(|k| k.value == name).unwrap_or(usize::MAX);
+            let t = self.tiers.get(name);
+            (
+                t.and_then(|t| t.drill_every.map(|d| d.value))
+                    .unwrap_or(Dur(std::time::Duration::MAX)),
+                t.map(|t| t.rto),
+                t.map(|t| t.rpo),
+                pos,
+            )
+        };
+        let known = |t: &str| self.tiers.get(t).is_some();
+        let mut out = Vec::new();
+        for ci in &self.items {
+            if let Some(t) = ci.tier.as_ref().filter(|t| known(t)) {
+                out.push((
+                    ci,
+                    EffectiveTier {
+                        tier: t.as_str(),
+                        from: None,
+                    },
+                ));
+                continue;
+            }
+            let best = graph
+                .dependents(&ci.id)
+                .into_iter()
+                .filter_map(|(id, dist)| {
+                    let dep = self.item(id)?;
+                    let t = dep.tier.as_ref().filter(|t| known(t))?;
+                    Some((rank(t), dist, dep.id.as_str(), t.as_str()))
+                })
+                .min();
+            if let Some((_, _, from, tier)) = best {
+                out.push((ci, EffectiveTier { tier, from: Some(from) }));
+            }
+        }
+        out
+    }
+
+    /// The longest allowed gap between passing drills of a CI: its own `drill_every`,
+    /// else its (effective) tier's.
+    pub fn drill_every(&self, ci: &Ci, tier: Option<&str>) -> Option<Dur> {
+        ci.drill_every.map(|d| d.value).or_else(|| {
+            tier.and_then(|t| self.tiers.get(t))
+                .and_then(|t| t.drill_every.map(|d| d.value))
+        })
+    }
+
     pub fn item(&self, id: &str) -> Option<&Ci> {
         self.items.iter().find(|c| c.id.value == id)
     }
@@ -78,5 +148,50 @@ impl Cmdb {
             rto: ci.rto.or(tier.map(|t| t.rto)),
             rpo: ci.rpo.or(tier.map(|t| t.rpo)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::CiGraph;
+
+    fn cmdb(yaml: &str) -> Cmdb {
+        let node = crate::node::parse_yaml(yaml).expect("parses");
+        crate::de::from_node(&node).expect("a CMDB")
+    }
+
+    #[test]
+    fn a_ci_without_a_tier_inherits_the_strictest_of_its_dependents() {
+        let c = cmdb(
+            "tiers:\n  bronze: {rto: 24h, rpo: 24h, drill_every: 365d}\n  gold: {rto: 15m, rpo: 1m, drill_every: 90d}\n\
+             items:\n  - {id: report, kind: business_service, tier: bronze, depends_on: [db]}\n\
+             \x20 - {id: shop, kind: business_service, tier: gold, depends_on: [api]}\n\
+             \x20 - {id: api, kind: application, depends_on: [db]}\n\
+             \x20 - {id: db, kind: database, drill_every: 30d}\n\
+             \x20 - {id: lonely, kind: cache}\n",
+        );
+        let g = CiGraph::new(&c);
+        let tiers: Vec<(&str, &str, Option<&str>)> = c
+            .effective_tiers(&g)
+            .into_iter()
+            .map(|(ci, t)| (ci.id.as_str(), t.tier, t.from))
+            .collect();
+        assert_eq!(
+            tiers,
+            [
+                ("report", "bronze", None),
+                ("shop", "gold", None),
+                ("api", "gold", Some("shop")),
+                // Two tiered CIs depend on db: the stricter (gold) wins over the nearer.
+                ("db", "gold", Some("shop")),
+            ]
+        );
+        let db = c.item("db").unwrap();
+        let days = |n: u64| Some(Dur(std::time::Duration::from_secs(n * 86_400)));
+        assert_eq!(c.drill_every(db, Some("gold")), days(30), "its own");
+        let api = c.item("api").unwrap();
+        assert_eq!(c.drill_every(api, Some("gold")), days(90), "its tier's");
+        assert_eq!(c.drill_every(api, None), None);
     }
 }

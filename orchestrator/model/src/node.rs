@@ -30,6 +30,8 @@ pub struct Located<T> {
     pub value: T,
 }
 
+impl<T: Copy> Copy for Located<T> {}
+
 impl<T> Located<T> {
     pub const fn new(loc: Location, value: T) -> Self {
         Self { loc, value }

@@ -272,6 +272,39 @@ fn check_cmdb(cmdb: &Cmdb, g: &CiGraph, config: Option<&Config>, path: &Path, ou
             }
         }
     }
+    // The continuity programme's policy: a gap between drills, never zero.
+    let zero = |d: &Located<crate::types::Dur>| d.value.0.is_zero();
+    for (name, tier) in cmdb.tiers.iter() {
+        if let Some(d) = tier.drill_every.as_ref().filter(|d| zero(d)) {
+            s.err(
+                d.loc,
+                format!("tier `{name}`: drill_every must be longer than zero (e.g. `90d`)"),
+            );
+        }
+    }
+    let tiered: HashSet<&str> = cmdb
+        .effective_tiers(g)
+        .into_iter()
+        .map(|(ci, _)| ci.id.as_str())
+        .collect();
+    for ci in &cmdb.items {
+        let Some(d) = &ci.drill_every else { continue };
+        if zero(d) {
+            s.err(
+                d.loc,
+                format!("CI `{}`: drill_every must be longer than zero (e.g. `90d`)", ci.id),
+            );
+        } else if !tiered.contains(ci.id.as_str()) && ci.tier.is_none() {
+            s.err(
+                d.loc,
+                format!(
+                    "CI `{}` sets drill_every but has no tier, of its own or from a CI that depends on it: \
+                     give it a `tier`",
+                    ci.id
+                ),
+            );
+        }
+    }
     let cycles = g.cycles();
     for cycle in &cycles {
         let first = cmdb.item(cycle.path[0]).map_or(Location::new(1, 1), |c| c.id.loc);

@@ -161,6 +161,43 @@ pub enum ActionError {
     OutcomeUnknown(String),
     /// Stopped because the run is stopping.
     Cancelled,
+    /// A check found problems and says which as data (the backups that are corrupt,
+    /// stale, missing or unverifiable), so that they can be followed up one by one.
+    /// Retried like `Retryable` when `retryable`, final like `Permanent` otherwise.
+    Found {
+        message: String,
+        retryable: bool,
+        data: serde_json::Value,
+    },
+}
+
+impl ActionError {
+    /// The structured findings of a failure, when it has some.
+    pub fn data(&self) -> Option<&serde_json::Value> {
+        match self {
+            ActionError::Found { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    /// The same error with its message rewritten (a note added, a secret blanked).
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> ActionError {
+        match self {
+            ActionError::Retryable(m) => ActionError::Retryable(f(m)),
+            ActionError::Permanent(m) => ActionError::Permanent(f(m)),
+            ActionError::OutcomeUnknown(m) => ActionError::OutcomeUnknown(f(m)),
+            ActionError::Cancelled => ActionError::Cancelled,
+            ActionError::Found {
+                message,
+                retryable,
+                data,
+            } => ActionError::Found {
+                message: f(message),
+                retryable,
+                data,
+            },
+        }
+    }
 }
 
 impl fmt::Display for ActionError {
@@ -170,6 +207,7 @@ impl fmt::Display for ActionError {
             ActionError::Permanent(m) => f.write_str(m),
             ActionError::OutcomeUnknown(m) => write!(f, "outcome unknown: {m}"),
             ActionError::Cancelled => f.write_str("cancelled"),
+            ActionError::Found { message, .. } => f.write_str(message),
         }
     }
 }

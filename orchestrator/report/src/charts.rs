@@ -6,6 +6,8 @@ use drover_engine::view::RunView;
 use svg::Document;
 use svg::node::element::{Group, Line, Polyline, Rectangle, Text, Title};
 
+use drover_engine::coverage::Coverage;
+
 use crate::{TrendPoint, secs};
 
 const LABEL_W: f64 = 220.0;
@@ -277,5 +279,148 @@ pub fn trend_svg(service: &str, points: &[TrendPoint]) -> String {
         let date = p.started_at.get(..10).unwrap_or(&p.started_at);
         doc = doc.add(text(px(i), h - bottom + 16.0, date, "middle", 10));
     }
+    doc.to_string()
+}
+
+/// Seconds since the epoch of an RFC 3339 time.
+fn epoch_s(t: &str) -> Option<f64> {
+    drover_engine::journal::parse_rfc3339(t)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
+
+fn status_fill(status: &str) -> &'static str {
+    match status {
+        "ok" => "#2e7d32",
+        "due" => "#f9a825",
+        "overdue" | "failing" => "#ad1457",
+        "never" => "#546e7a",
+        _ => "#424242",
+    }
+}
+
+/// The drill timeline of the coverage: one row per tiered CI, each drill or failover a
+/// dot on the time axis (green passed, red not), its due date a tick coloured by the
+/// status, and the instant judged at ("now") a vertical line.
+pub fn coverage_svg(c: &Coverage) -> String {
+    let now = epoch_s(&c.at).unwrap_or(0.0);
+    let day = 86_400.0;
+    let times = c.items.iter().flat_map(|i| {
+        i.drills
+            .iter()
+            .filter_map(|d| epoch_s(&d.at))
+            .chain(i.due_by.as_deref().and_then(epoch_s))
+    });
+    let (lo, hi) = times.fold((now - 30.0 * day, now + 7.0 * day), |(lo, hi), t| {
+        (lo.min(t), hi.max(t))
+    });
+    let span = (hi - lo).max(day) * 1.04;
+    let lo = lo - span * 0.02;
+    let x = |t: f64| LABEL_W + ((t - lo) / span).clamp(0.0, 1.0) * PLOT_W;
+    let rows = c.items.len().max(1);
+    let height = TOP + ROW_H * rows as f64 + 34.0;
+    let width = LABEL_W + PLOT_W + 20.0;
+    let mut doc = Document::new()
+        .set("viewBox", (0, 0, width, height))
+        .set("width", width)
+        .set("height", height)
+        .set("role", "img")
+        .add(Title::new(format!(
+            "Drills per CI against their due dates, as of {}",
+            c.at
+        )));
+    // Month-ish grid: a tick every `step` days, labelled with the date.
+    let days = span / day;
+    let step = [1.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0]
+        .into_iter()
+        .find(|s| days / s <= 8.0)
+        .unwrap_or(730.0)
+        * day;
+    let mut t = (lo / step).ceil() * step;
+    while t <= lo + span {
+        let label =
+            drover_engine::journal::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0)));
+        doc = doc
+            .add(
+                Line::new()
+                    .set("x1", x(t))
+                    .set("x2", x(t))
+                    .set("y1", TOP - 6.0)
+                    .set("y2", height - 28.0)
+                    .set("stroke", "#e0e0e0"),
+            )
+            .add(text(x(t), TOP - 10.0, label.get(..10).unwrap_or(&label), "middle", 10));
+        t += step;
+    }
+    for (i, item) in c.items.iter().enumerate() {
+        let y = TOP + ROW_H * i as f64 + ROW_H / 2.0;
+        let mut row = Group::new()
+            .add(Title::new(format!(
+                "{} ({}): {}{}",
+                item.ci,
+                item.tier,
+                item.status,
+                item.due_by
+                    .as_deref()
+                    .map(|d| format!(", due by {d}"))
+                    .unwrap_or_default()
+            )))
+            .add(text(LABEL_W - 8.0, y + 4.0, &item.ci, "end", 12))
+            .add(
+                Line::new()
+                    .set("x1", LABEL_W)
+                    .set("x2", LABEL_W + PLOT_W)
+                    .set("y1", y)
+                    .set("y2", y)
+                    .set("stroke", "#eeeeee"),
+            );
+        for d in &item.drills {
+            let Some(t) = epoch_s(&d.at) else { continue };
+            row = row.add(
+                Group::new()
+                    .add(Title::new(format!("{} {} {}: {}", d.mode, d.run, d.at, d.outcome)))
+                    .add(
+                        svg::node::element::Circle::new()
+                            .set("cx", x(t))
+                            .set("cy", y)
+                            .set("r", 5)
+                            .set("fill", if d.outcome == "passed" { "#2e7d32" } else { "#c62828" }),
+                    ),
+            );
+        }
+        if let Some(due) = item.due_by.as_deref().and_then(epoch_s) {
+            row = row.add(
+                Rectangle::new()
+                    .set("x", x(due) - 1.5)
+                    .set("y", y - ROW_H / 2.0 + 3.0)
+                    .set("width", 3)
+                    .set("height", ROW_H - 6.0)
+                    .set("fill", status_fill(item.status)),
+            );
+        } else if item.status != "ok" {
+            row = row.add(text(LABEL_W + 6.0, y + 4.0, item.status, "start", 11).set("fill", status_fill(item.status)));
+        }
+        doc = doc.add(row);
+    }
+    let bottom = height - 28.0;
+    doc = doc
+        .add(
+            Line::new()
+                .set("x1", x(now))
+                .set("x2", x(now))
+                .set("y1", TOP - 4.0)
+                .set("y2", bottom)
+                .set("stroke", "#1565c0")
+                .set("stroke-width", 1.5)
+                .set("stroke-dasharray", "4 2"),
+        )
+        .add(text(x(now), bottom + 14.0, "now", "middle", 11).set("fill", "#1565c0"))
+        .add(text(
+            LABEL_W,
+            height - 4.0,
+            "dot: a drill (green passed, red not); bar: the due date (its colour is the status)",
+            "start",
+            10,
+        ));
     doc.to_string()
 }

@@ -8,13 +8,15 @@
 
 mod charts;
 
+use drover_engine::actions::CorrectiveAction;
+use drover_engine::coverage::Coverage;
 use drover_engine::evidence::Verification;
 use drover_engine::journal::Phase;
 use drover_engine::view::{CheckView, RunView, StepView};
 use minijinja::Environment;
 use serde::Serialize;
 
-pub use charts::{gantt_svg, trend_svg};
+pub use charts::{coverage_svg, gantt_svg, trend_svg};
 
 /// A figure against its target.
 #[derive(Debug, Clone, Serialize)]
@@ -48,16 +50,8 @@ impl Measure {
     }
 }
 
-/// A duration for people: `0.42s`, `12.3s`, `4m 5s`.
-pub fn secs(s: f64) -> String {
-    if s < 10.0 {
-        format!("{s:.2}s")
-    } else if s < 60.0 {
-        format!("{s:.1}s")
-    } else {
-        drover_model::Dur(std::time::Duration::from_secs(s.round() as u64)).to_string()
-    }
-}
+/// A duration for people: `0.42s`, `12.3s`, `4m 5s` (the change record uses the same).
+pub use drover_engine::view::secs;
 
 /// Targets against achievements for the service or one CI.
 #[derive(Debug, Clone, Serialize)]
@@ -145,6 +139,10 @@ pub struct Report {
     pub timeline: Vec<TimelineRow>,
     pub critical_path: Vec<String>,
     pub issues: Vec<Finding>,
+    /// `none`, or how many issues of which severity: what "Issues found" says first.
+    pub issues_found: String,
+    /// The corrective actions this run opened, and those it proved fixed.
+    pub actions: Vec<CorrectiveAction>,
     pub evidence: Evidence,
     pub sign_off: Vec<SignOff>,
     /// The Gantt chart of the timeline (inline SVG).
@@ -288,7 +286,9 @@ impl Report {
             verify,
             backups,
             timeline,
+            issues_found: issues_found(&issues),
             issues,
+            actions: Vec::new(),
             evidence: ev,
             sign_off: ["Continuity manager", "Service owner", "Auditor"]
                 .into_iter()
@@ -302,6 +302,44 @@ impl Report {
             gantt,
             run,
         }
+    }
+
+    /// Adds the corrective actions the run opened (each an issue found, with its id and
+    /// owner) and those it proved fixed; the change record's close notes name them too.
+    pub fn with_actions(mut self, actions: Vec<CorrectiveAction>) -> Report {
+        let id = self.run.id.clone();
+        for a in &actions {
+            if a.run == id {
+                let owner = a.owner.as_deref().map(|o| format!(", owner {o}")).unwrap_or_default();
+                let state = match &a.closed {
+                    None => "open".to_owned(),
+                    Some(c) => format!("closed by {}", c.by),
+                };
+                self.issues.push(Finding {
+                    severity: "action",
+                    what: format!(
+                        "corrective action {} ({state}; CI {}{owner}): {}",
+                        a.id,
+                        a.ci.as_deref().unwrap_or("-"),
+                        a.summary
+                    ),
+                });
+            } else if a.closed.as_ref().and_then(|c| c.run.as_deref()) == Some(id.as_str()) {
+                self.issues.push(Finding {
+                    severity: "fixed",
+                    what: format!(
+                        "corrective action {} (opened by run {}) is proved fixed by this run: {}",
+                        a.id, a.run, a.summary
+                    ),
+                });
+            }
+        }
+        if let Some(c) = &mut self.run.change {
+            c.add_actions(&id, &actions);
+        }
+        self.issues_found = issues_found(&self.issues);
+        self.actions = actions;
+        self
     }
 
     /// The report as JSON.
@@ -323,6 +361,22 @@ impl Report {
     pub fn junit(&self) -> String {
         render("report.xml", self, None)
     }
+}
+
+/// `none`, or `3 (2 error, 1 action)`.
+fn issues_found(issues: &[Finding]) -> String {
+    if issues.is_empty() {
+        return "none".into();
+    }
+    let mut by: Vec<(&str, usize)> = Vec::new();
+    for i in issues {
+        match by.iter_mut().find(|(s, _)| *s == i.severity) {
+            Some((_, n)) => *n += 1,
+            None => by.push((i.severity, 1)),
+        }
+    }
+    let parts: Vec<String> = by.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{} ({})", issues.len(), parts.join(", "))
 }
 
 /// What a reader should look at: failures, unknown outcomes, retries, slow steps,
@@ -453,6 +507,8 @@ pub struct TrendPoint {
     pub outcome: Option<&'static str>,
     pub rto: Measure,
     pub rpo: Measure,
+    /// The corrective actions this run opened.
+    pub actions: Vec<String>,
 }
 
 /// RTO and RPO achieved against target across runs of one service.
@@ -465,6 +521,9 @@ pub struct Trend {
     pub passed: usize,
     /// Runs whose RTO and RPO, where measured, met their targets.
     pub within_targets: usize,
+    /// Corrective actions found by the service's runs, oldest first.
+    pub actions: Vec<CorrectiveAction>,
+    pub open_actions: usize,
     #[serde(skip)]
     pub chart: String,
 }
@@ -486,6 +545,7 @@ impl Trend {
                 outcome: r.outcome,
                 rto: Measure::new(r.rto.target_s, r.rto.achieved_s),
                 rpo: Measure::new(r.rpo.target_s, r.rpo.achieved_s),
+                actions: Vec::new(),
             })
             .collect();
         let within_targets = points
@@ -499,8 +559,28 @@ impl Trend {
             passed: runs.iter().filter(|r| r.outcome == Some("passed")).count(),
             within_targets,
             points,
+            actions: Vec::new(),
+            open_actions: 0,
             chart,
         }
+    }
+
+    /// Adds the corrective actions the service's runs opened.
+    pub fn with_actions(mut self, actions: Vec<CorrectiveAction>) -> Trend {
+        let actions: Vec<CorrectiveAction> = actions
+            .into_iter()
+            .filter(|a| self.points.iter().any(|p| p.run == a.run))
+            .collect();
+        for p in &mut self.points {
+            p.actions = actions
+                .iter()
+                .filter(|a| a.run == p.run)
+                .map(|a| a.id.clone())
+                .collect();
+        }
+        self.open_actions = actions.iter().filter(|a| a.is_open()).count();
+        self.actions = actions;
+        self
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -516,6 +596,30 @@ impl Trend {
     }
 }
 
+/// The continuity programme's coverage, as one self-contained HTML page.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoverageReport {
+    pub coverage: Coverage,
+    pub summary: Vec<String>,
+    #[serde(skip)]
+    pub chart: String,
+}
+
+impl CoverageReport {
+    pub fn new(coverage: Coverage) -> CoverageReport {
+        let chart = coverage_svg(&coverage);
+        CoverageReport {
+            summary: coverage.tiers.iter().map(|t| t.line()).collect(),
+            coverage,
+            chart,
+        }
+    }
+
+    pub fn html(&self) -> String {
+        render("coverage.html", self, Some(&self.chart))
+    }
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     for (name, text) in [
@@ -524,6 +628,7 @@ fn environment() -> Environment<'static> {
         ("report.xml", include_str!("templates/report.xml")),
         ("trend.md", include_str!("templates/trend.md")),
         ("trend.html", include_str!("templates/trend.html")),
+        ("coverage.html", include_str!("templates/coverage.html")),
         ("style.css", include_str!("templates/style.css")),
     ] {
         env.add_template(name, text).expect("built-in templates parse");

@@ -755,12 +755,7 @@ impl Action for Fence {
 
 /// `e` with `note` appended to its message.
 fn with_note(e: ActionError, note: &str) -> ActionError {
-    match e {
-        ActionError::Retryable(m) => ActionError::Retryable(m + note),
-        ActionError::Permanent(m) => ActionError::Permanent(m + note),
-        ActionError::OutcomeUnknown(m) => ActionError::OutcomeUnknown(m + note),
-        ActionError::Cancelled => ActionError::Cancelled,
-    }
+    e.map_message(|m| m + note)
 }
 
 #[cfg(test)]

@@ -184,12 +184,7 @@ impl Store {
 
     /// Blanks any key out of an error message.
     pub fn clean(&self, e: ActionError) -> ActionError {
-        match e {
-            ActionError::Retryable(m) => ActionError::Retryable(self.redact.clean(&m)),
-            ActionError::Permanent(m) => ActionError::Permanent(self.redact.clean(&m)),
-            ActionError::OutcomeUnknown(m) => ActionError::OutcomeUnknown(self.redact.clean(&m)),
-            ActionError::Cancelled => ActionError::Cancelled,
-        }
+        e.map_message(|m| self.redact.clean(&m))
     }
 }
 

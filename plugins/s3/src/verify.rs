@@ -680,10 +680,18 @@ async fn run(store: &Arc<Store>, p: &VerifyBackupsParams) -> Result<StepOutput, 
         let msg = format!("backups {where_}: {}", problems.join("; "));
         // Corrupt, missing and too small backups do not mend by waiting; a stale or
         // absent one may be followed by a fresh one.
-        return Err(if permanent || (!unverifiable.is_empty() && newest.is_none()) {
-            ActionError::Permanent(msg)
-        } else {
-            ActionError::Retryable(msg)
+        // Every object with its status, so that each bad backup can be followed up.
+        return Err(ActionError::Found {
+            message: msg,
+            retryable: !(permanent || (!unverifiable.is_empty() && newest.is_none())),
+            data: json!({
+                "store": store.name,
+                "bucket": store.bucket,
+                "prefix": p.prefix,
+                "backups": backups.len(),
+                "counts": counts,
+                "objects": verdicts,
+            }),
         });
     }
     let v = newest_v.expect("a passing backup");

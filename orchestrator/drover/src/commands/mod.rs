@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod cmdb;
+pub mod continuity;
 pub mod plan;
 pub mod records;
 pub mod run;

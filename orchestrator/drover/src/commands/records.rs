@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use drover_engine::actions::{ActionFilter, CorrectiveAction};
 use drover_engine::evidence::{
     Signer, Verification, export_bundle, verify_bundle_pinned, verify_records, verify_records_pinned,
 };
@@ -41,11 +42,37 @@ fn check(store: &Store, state: &RunState) -> Result<Verification, Failure> {
     Ok(verify_records(&state.id, &records, state.finished.is_some()))
 }
 
-/// The report of a run.
+/// The corrective actions a run opened or proved fixed.
+pub fn actions_of_run(store: &Store, id: &str) -> Result<Vec<CorrectiveAction>, Failure> {
+    store
+        .actions(&ActionFilter {
+            run: Some(id.to_owned()),
+            ..Default::default()
+        })
+        .map_err(|e| Failure::Other(e.into()))
+}
+
+/// The report of a run, with the corrective actions it opened or proved fixed.
 pub fn build_report(store: &Store, id: &str) -> Result<Report, Failure> {
     let state = state_of(store, id)?;
     let view = RunView::new(&state, drover_engine::is_live(store, id));
-    Ok(Report::new(view, &check(store, &state)?))
+    Ok(Report::new(view, &check(store, &state)?).with_actions(actions_of_run(store, id)?))
+}
+
+/// The trend of a service's finished runs, with the corrective actions they opened.
+pub fn build_trend(store: &Store, service: &str) -> Result<Trend, Failure> {
+    let rows = store.runs(10_000).map_err(|e| Failure::Other(e.into()))?;
+    let mut views = Vec::new();
+    for r in rows.iter().filter(|r| r.service == service && r.state == "finished") {
+        let st = state_of(store, &r.id)?;
+        let mut v = RunView::new(&st, false);
+        v.steps.clear();
+        views.push(v);
+    }
+    let actions = store
+        .actions(&ActionFilter::default())
+        .map_err(|e| Failure::Other(e.into()))?;
+    Ok(Trend::new(service, &views).with_actions(actions))
 }
 
 pub fn report(cli: &Cli, run: &str, format: ReportFormat, output: Option<&Path>) -> CmdResult {
@@ -67,9 +94,10 @@ pub fn change(cli: &Cli, command: &ChangeCommand) -> CmdResult {
     let (store, _) = open(cli)?;
     let id = resolve(&store, run)?;
     let state = state_of(&store, &id)?;
-    let Some(c) = drover_engine::change::ChangeRecord::from_state(&state) else {
+    let Some(mut c) = drover_engine::change::ChangeRecord::from_state(&state) else {
         return Err(Failure::Usage(anyhow::anyhow!("run {id} has no change record")));
     };
+    c.add_actions(&id, &actions_of_run(&store, &id)?);
     match format {
         TextJson::Json => super::print_json(&c.servicenow())?,
         TextJson::Text => {
@@ -118,15 +146,7 @@ fn indent(s: &str) -> String {
 
 pub fn trend(cli: &Cli, service: &str, format: TrendFormat, output: Option<&Path>) -> CmdResult {
     let (store, _) = open(cli)?;
-    let rows = store.runs(10_000).map_err(|e| Failure::Other(e.into()))?;
-    let mut views = Vec::new();
-    for r in rows.iter().filter(|r| r.service == service && r.state == "finished") {
-        let st = state_of(&store, &r.id)?;
-        let mut v = RunView::new(&st, false);
-        v.steps.clear();
-        views.push(v);
-    }
-    let t = Trend::new(service, &views);
+    let t = build_trend(&store, service)?;
     let text = match format {
         TrendFormat::Md => t.markdown(),
         TrendFormat::Html => t.html(),

@@ -19,6 +19,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{MethodRouter, get, post};
 use drover_engine::EngineError;
+use drover_engine::actions::{ActionFilter, CloseRefusal, CorrectiveAction};
 use drover_engine::store::AuditEntry;
 use drover_engine::view::RunView;
 use drover_model::RunMode;
@@ -83,6 +84,10 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/runs/{id}/events", VIEWER),
     r("GET", "/api/v1/services/{ci}/trend", VIEWER),
     r("GET", "/api/v1/schedules", VIEWER),
+    r("GET", "/api/v1/coverage", VIEWER),
+    r("GET", "/api/v1/actions", VIEWER),
+    r("GET", "/api/v1/actions/{id}", VIEWER),
+    r("POST", "/api/v1/actions/{id}/close", OPERATOR),
     r("GET", "/api/v1/cluster", VIEWER),
     r("GET", "/api/v1/audit", ADMIN),
 ];
@@ -128,6 +133,10 @@ fn handler(route: &Route) -> MethodRouter<Arc<Daemon>> {
         ("GET", "/api/v1/runs/{id}/events") => get(events),
         ("GET", "/api/v1/services/{ci}/trend") => get(trend),
         ("GET", "/api/v1/schedules") => get(schedules),
+        ("GET", "/api/v1/coverage") => get(coverage),
+        ("GET", "/api/v1/actions") => get(list_actions),
+        ("GET", "/api/v1/actions/{id}") => get(show_action),
+        ("POST", "/api/v1/actions/{id}/close") => post(close_action),
         ("GET", "/api/v1/cluster") => get(cluster),
         ("GET", "/api/v1/audit") => get(audit),
         (m, p) => unreachable!("route {m} {p} in ROUTES has no handler"),
@@ -282,6 +291,11 @@ async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    // The coverage is judged at the scrape.
+    match coverage_of(&d, SystemTime::now()) {
+        Ok(c) => d.metrics.coverage(&c),
+        Err(e) => tracing::warn!(error = %e.2, "coverage metrics not updated"),
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -553,15 +567,8 @@ async fn events(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> ApiResu
 
 /// The service's runs, as `drover trend` sees them.
 pub fn trend_of(d: &Daemon, service: &str) -> ApiResult<drover_report::Trend> {
-    let rows = d.store().runs(10_000).map_err(internal)?;
-    let mut views = Vec::new();
-    for r in rows.iter().filter(|r| r.service == service && r.state == "finished") {
-        let st = d.state(&r.id).map_err(internal)?;
-        let mut v = RunView::new(&st, false);
-        v.steps.clear();
-        views.push(v);
-    }
-    Ok(drover_report::Trend::new(service, &views))
+    crate::commands::records::build_trend(d.store(), service)
+        .map_err(|_| internal(format!("cannot build the trend of `{service}`")))
 }
 
 async fn trend(
@@ -575,6 +582,126 @@ async fn trend(
         "md" => ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], t.markdown()).into_response(),
         _ => axum::Json(t.json()).into_response(),
     })
+}
+
+/// The coverage as of `at` (default now), from the daemon's current files.
+pub fn coverage_of(d: &Daemon, at: SystemTime) -> ApiResult<drover_engine::coverage::Coverage> {
+    let snap = d.snapshot();
+    let runbooks: Vec<drover_model::Runbook> = snap.runbooks.iter().map(|(rb, _, _)| rb.clone()).collect();
+    drover_engine::coverage::Coverage::new(&snap.cmdb, &runbooks, d.store(), at).map_err(internal)
+}
+
+#[derive(Deserialize)]
+struct CoverageQuery {
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    at: Option<String>,
+}
+
+/// `GET /api/v1/coverage`: as `drover coverage --format json` (or `?format=html`).
+async fn coverage(State(d): State<Arc<Daemon>>, Query(q): Query<CoverageQuery>) -> ApiResult<Response> {
+    let at = match q.at.as_deref() {
+        None => SystemTime::now(),
+        Some(t) => humantime::parse_rfc3339_weak(t).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("`at` must be an RFC 3339 time: {e}"),
+            )
+        })?,
+    };
+    let c = coverage_of(&d, at)?;
+    Ok(match q.format.as_deref().unwrap_or("json") {
+        "html" => Html(drover_report::CoverageReport::new(c).html()).into_response(),
+        "json" => axum::Json(serde_json::to_value(&c.items).map_err(internal)?).into_response(),
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("`format` must be json or html, not `{other}`"),
+            ));
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct ActionsQuery {
+    #[serde(default)]
+    open: Option<bool>,
+    #[serde(default)]
+    service: Option<String>,
+}
+
+/// `GET /api/v1/actions`: as `drover actions list --format json`.
+async fn list_actions(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<ActionsQuery>,
+) -> ApiResult<axum::Json<Vec<CorrectiveAction>>> {
+    let filter = ActionFilter {
+        open_only: q.open.unwrap_or(false),
+        service: q.service,
+        ..Default::default()
+    };
+    Ok(axum::Json(d.store().actions(&filter).map_err(internal)?))
+}
+
+fn no_action(id: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no corrective action `{id}`"),
+    )
+}
+
+async fn show_action(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> ApiResult<axum::Json<CorrectiveAction>> {
+    d.store()
+        .action(&id)
+        .map_err(internal)?
+        .map(axum::Json)
+        .ok_or_else(|| no_action(&id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    note: String,
+}
+
+/// `POST /api/v1/actions/{id}/close` `{"note"}`: an operator closes an action; who
+/// (the token's name) and why go into its history.
+async fn close_action(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    c: Option<axum::Extension<Caller>>,
+    bytes: Bytes,
+) -> ApiResult<axum::Json<CorrectiveAction>> {
+    let c = caller(c)?;
+    let b: CloseBody = body(&bytes)?;
+    if b.note.trim().is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`note` must not be empty".into(),
+        ));
+    }
+    match d.store().close_action(&id, &c.name, &b.note).await.map_err(internal)? {
+        Ok(a) => {
+            d.store().sync().await.map_err(internal)?;
+            tracing::info!(action = %id, by = %c.name, note = %b.note, "corrective action closed over the API");
+            Ok(axum::Json(a))
+        }
+        Err(CloseRefusal::NotFound) => Err(no_action(&id)),
+        Err(CloseRefusal::AlreadyClosed(a)) => Err(ApiError(
+            StatusCode::CONFLICT,
+            "already_closed",
+            format!(
+                "{id} is closed already (by {} at {})",
+                a.closed.as_ref().map_or("?", |c| c.by.as_str()),
+                a.closed.as_ref().map_or("?", |c| c.at.as_str())
+            ),
+        )),
+    }
 }
 
 async fn schedules(State(d): State<Arc<Daemon>>) -> axum::Json<Value> {

@@ -1,8 +1,10 @@
 //! The dashboard at `/`: server-rendered HTML with no external assets. Runs with their
 //! outcome and RTO/RPO against target, each service's trend chart, the gates waiting for
-//! a decision (an operator approves or rejects them here, with a reason) and links to the
-//! reports. A browser logs in once with its token (a form; the session is an HttpOnly,
-//! Secure, SameSite=Strict cookie) and every form carries the session's CSRF token.
+//! a decision (an operator approves or rejects them here, with a reason), links to the
+//! reports, and the continuity programme: drill coverage per tier (the same view as
+//! `drover coverage`) and the open corrective actions. A browser logs in once with its
+//! token (a form; the session is an HttpOnly, Secure, SameSite=Strict cookie) and every
+//! form carries the session's CSRF token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +32,8 @@ th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #e3e7ed
 th { background: #eef1f5; font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .badge { display: inline-block; padding: 0 .5em; border-radius: 3px; color: #fff; font-size: .85em; }
 .passed { background: #2e7d32; } .targets_missed { background: #ef6c00; } .failed, .stuck { background: #c62828; }
-.refused, .interrupted, .running { background: #546e7a; }
+.refused, .interrupted, .running, .never { background: #546e7a; }
+.ok { background: #2e7d32; } .due { background: #f9a825; color: #1c2530; } .overdue, .failing { background: #ad1457; } .uncovered { background: #424242; }
 .miss { color: #c62828; font-weight: 600; } .gate { background: #fff8e1; }
 .charts { display: flex; flex-wrap: wrap; gap: 1em; } .chart { background: #fff; padding: .5em; }
 input[type=text] { width: 18em; } code { font-size: .9em; }
@@ -48,6 +51,19 @@ input[type=text] { width: 18em; } code { font-size: .9em; }
 <button name="decision" value="approve">Approve</button> <button name="decision" value="reject">Reject</button></form>
 {% else %}an operator decides{% endif %}</td></tr>{% endfor %}</table>
 {% else %}<p>None.</p>{% endif %}
+<h2>Drill coverage</h2>
+<ul>{% for line in coverage.summary %}<li><strong>{{ line }}</strong></li>{% else %}<li>No CI has a tier.</li>{% endfor %}</ul>
+<div class="chart">{{ coverage.chart | safe }}</div>
+<table><tr><th>CI</th><th>tier</th><th>status</th><th>runbooks</th><th>last drill</th><th>last passing drill</th><th>due by</th><th>open actions</th><th>blast radius</th></tr>
+{% for i in coverage.items %}<tr><td>{{ i.ci }}</td><td>{{ i.tier }}</td><td><span class="badge {{ i.status }}">{{ i.status }}</span></td><td>{{ i.runbooks | join(", ") or "—" }}</td>
+<td>{% if i.last_drill %}{{ i.last_drill.at }} <span class="badge {{ i.last_drill.outcome }}">{{ i.last_drill.outcome }}</span>{% else %}never{% endif %}</td>
+<td>{{ i.last_pass.at if i.last_pass else "never" }}</td><td>{{ i.due_by or "—" }}</td><td>{{ i.open_actions | join(", ") or "—" }}</td>
+<td>{% if i.status == "uncovered" %}{{ i.blast_radius | join(", ") or "nothing" }}{% endif %}</td></tr>
+{% endfor %}</table>
+<h2>Open corrective actions</h2>
+{% if coverage.actions %}<table><tr><th>id</th><th>CI</th><th>owner</th><th>opened</th><th>run</th><th>finding</th></tr>
+{% for a in coverage.actions %}<tr><td><code>{{ a.id }}</code></td><td>{{ a.ci or "—" }}</td><td>{{ a.owner or "—" }}</td><td>{{ a.opened_at }}</td><td><code>{{ a.run }}</code></td><td>{{ a.summary }}</td></tr>
+{% endfor %}</table>{% else %}<p>None.</p>{% endif %}
 <h2>Runs</h2>
 <table><tr><th>run</th><th>runbook</th><th>service</th><th>mode</th><th>outcome</th><th class="num">RTO</th><th class="num">target</th><th class="num">RPO</th><th class="num">target</th><th>started</th><th>report</th></tr>
 {% for r in runs %}<tr><td><code>{{ r.id }}</code></td><td>{{ r.runbook }}</td><td>{{ r.service }}</td><td>{{ r.mode }}</td>
@@ -123,6 +139,13 @@ pub async fn page(State(d): State<Arc<Daemon>>, c: Option<axum::Extension<Caller
             );
         }
     }
+    let cov = super::api::coverage_of(&d, std::time::SystemTime::now())?;
+    let coverage = context! {
+        summary => cov.tiers.iter().map(|t| t.line()).collect::<Vec<_>>(),
+        chart => drover_report::coverage_svg(&cov),
+        items => cov.items,
+        actions => cov.open_actions,
+    };
     let gates: Vec<_> = d
         .approvals
         .all()
@@ -136,7 +159,7 @@ pub async fn page(State(d): State<Arc<Daemon>>, c: Option<axum::Extension<Caller
                 node => d.node, who => c.name, role => format!("{:?}", c.role).to_lowercase(),
                 can_operate => super::auth::allows(c.role, drover_model::config::Role::Operator),
                 csrf => c.csrf, gates, runs => rows, services => services.into_values().collect::<Vec<_>>(),
-                schedules => d.sched.views(&d), message => Option::<String>::None,
+                schedules => d.sched.views(&d), message => Option::<String>::None, coverage,
             })
         })
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;

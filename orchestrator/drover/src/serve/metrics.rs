@@ -1,6 +1,7 @@
 //! `/metrics` in the Prometheus text format (prometheus-client): runs by outcome, step
 //! durations, the last RTO and RPO per service against target, schedule lag, skipped
-//! firings and approvals waiting.
+//! firings, approvals waiting, and the continuity programme: tiered CIs per tier and
+//! coverage status, open corrective actions.
 
 use std::sync::atomic::AtomicU64;
 
@@ -28,6 +29,12 @@ pub struct ScheduleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CoverageLabels {
+    pub tier: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -46,6 +53,8 @@ pub struct Metrics {
     pub schedule_lag: Family<ScheduleLabels, F64Gauge>,
     pub firings_skipped: Family<ScheduleLabels, Counter>,
     pub approvals_waiting: Gauge,
+    pub coverage: Family<CoverageLabels, Gauge>,
+    pub actions_open: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,7 +113,21 @@ impl Metrics {
             "Gates waiting for a decision",
             approvals_waiting.clone(),
         );
+        let coverage = Family::<CoverageLabels, Gauge>::default();
+        registry.register(
+            "coverage_cis",
+            "Tiered CIs by tier and drill coverage status (ok, due, overdue, never, failing, uncovered)",
+            coverage.clone(),
+        );
+        let actions_open = Gauge::default();
+        registry.register(
+            "corrective_actions_open",
+            "Corrective actions not closed yet",
+            actions_open.clone(),
+        );
         Metrics {
+            coverage,
+            actions_open,
             registry,
             runs,
             runs_active,
@@ -144,6 +167,21 @@ impl Metrics {
         if let Some(t) = targets.and_then(|t| t.rpo_s) {
             self.rpo_target.get_or_create(&svc).set(t);
         }
+    }
+
+    /// The coverage's status counts per tier (every status, zeros too).
+    pub fn coverage(&self, c: &drover_engine::coverage::Coverage) {
+        for t in &c.tiers {
+            for (status, n) in &t.counts {
+                self.coverage
+                    .get_or_create(&CoverageLabels {
+                        tier: t.tier.clone(),
+                        status: (*status).to_owned(),
+                    })
+                    .set(*n as i64);
+            }
+        }
+        self.actions_open.set(c.open_actions.len() as i64);
     }
 
     /// The text exposition.

@@ -96,6 +96,7 @@ impl Records for StepRecords {
             attempts,
             output: Some(out),
             error: None,
+            found: serde_json::Value::Null,
         }
     }
     fn failed(&self, attempts: u32, error: &ActionError) -> Option<Event> {
@@ -110,6 +111,7 @@ impl Records for StepRecords {
             attempts,
             output: None,
             error: Some(error.to_string()),
+            found: error.data().cloned().unwrap_or_default(),
         })
     }
 }
@@ -149,6 +151,7 @@ impl Records for CheckRecords {
         if matches!(error, ActionError::Cancelled) {
             return None;
         }
+        let error_data = error.data().cloned().unwrap_or_default();
         let error = match self.within {
             Some(w) => format!(
                 "{error} (still failing after {attempts} attempts within {})",
@@ -159,6 +162,7 @@ impl Records for CheckRecords {
         Some(Event::CheckFailed {
             phase: self.phase,
             name: self.name.clone(),
+            found: error_data,
             attempts,
             error,
         })
@@ -175,12 +179,7 @@ pub(crate) fn backoff(ctx: &Ctx, tries: u32) -> Duration {
 
 /// The same error, with a note added to its message.
 fn noted(e: ActionError, note: &str) -> ActionError {
-    match e {
-        ActionError::Retryable(m) => ActionError::Retryable(format!("{m}; {note}")),
-        ActionError::Permanent(m) => ActionError::Permanent(format!("{m}; {note}")),
-        ActionError::OutcomeUnknown(m) => ActionError::OutcomeUnknown(format!("{m}; {note}")),
-        ActionError::Cancelled => ActionError::Cancelled,
-    }
+    e.map_message(|m| format!("{m}; {note}"))
 }
 
 /// Drives `a` to its end, journaling through `rec`, in a span of its own.
@@ -217,6 +216,7 @@ async fn drive_inner(ctx: &Arc<Ctx>, a: Attempts<'_>, rec: &dyn Records) -> Resu
         let polling = a.within.is_some_and(|w| first.elapsed() + a.interval < w);
         let again = match &e {
             ActionError::Cancelled | ActionError::Permanent(_) => None,
+            ActionError::Found { retryable: false, .. } => None,
             _ if polling => Some(a.interval),
             _ if a.within.is_none() && tries <= a.retries => Some(backoff(ctx, tries)),
             _ => None,

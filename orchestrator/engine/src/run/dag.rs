@@ -179,6 +179,7 @@ pub(crate) async fn run_steps(ctx: &Arc<Ctx>) -> Result<DagEnd, EngineError> {
                             attempts: ctx.journal.with_state(|st| st.attempts(Phase::Steps, &step.id)),
                             output: None,
                             error: Some(e.to_string()),
+                            found: serde_json::Value::Null,
                         })
                         .await?;
                 }

@@ -15,6 +15,7 @@ use super::{Ctx, EngineError};
 use crate::journal::{Event, Outcome, Phase, RollbackReason, StepStatus};
 use crate::state::RunState;
 use crate::store::{LockRelease, finish_row};
+use crate::view::secs;
 
 const INTERRUPT: &str = "stopped by the operator (Ctrl-C) or a shutdown";
 
@@ -213,19 +214,19 @@ fn outcome(state: &RunState, rto_s: Option<f64>, halted: Option<String>, stuck: 
     if let (Some(a), Some(t)) = (rto_s, targets.and_then(|t| t.rto_s))
         && a > t
     {
-        missed.push(format!("RTO {a:.1}s is over the target {t:.0}s"));
+        missed.push(format!("RTO {} is over the target {}", secs(a), secs(t)));
     }
     if let (Some(a), Some(t)) = (rpo_s, targets.and_then(|t| t.rpo_s))
         && a > t
     {
-        missed.push(format!("RPO {a:.1}s is over the target {t:.0}s"));
+        missed.push(format!("RPO {} is over the target {}", secs(a), secs(t)));
     }
     match (missed.is_empty(), rto_s) {
         (false, _) => (
             Outcome::TargetsMissed,
             format!("recovered, but {}", missed.join(" and ")),
         ),
-        (true, Some(a)) => (Outcome::Passed, format!("recovered in {a:.1}s")),
+        (true, Some(a)) => (Outcome::Passed, format!("recovered in {}", secs(a))),
         (true, None) => (Outcome::Passed, "every check passed".into()),
     }
 }
@@ -248,8 +249,8 @@ pub(crate) async fn finish(
     } else {
         LockRelease::Free
     };
-    let (at, _) = ctx
-        .journal
+    // The corrective actions the end opens (or closes) are stored with it.
+    ctx.journal
         .commit(
             |b| {
                 let at = b
@@ -261,17 +262,20 @@ pub(crate) async fn finish(
                     })?
                     .at
                     .clone();
+                let ended = b.state().clone();
                 seal(b, &run_id, signer.as_deref())?;
-                Ok(at)
+                Ok((at, Arc::new(ended)))
             },
             {
                 let run_id = ctx.journal.run_id().to_owned();
                 let outcome = outcome.as_str();
-                move |tx, at: &String| finish_row(tx, &run_id, outcome, at, lock)
+                move |tx, (at, ended): &(String, Arc<RunState>)| {
+                    finish_row(tx, &run_id, outcome, at, lock)?;
+                    crate::actions::record(tx, ended)
+                }
             },
         )
         .await?;
-    let _ = at;
     crate::crash::point("finish.after_commit");
     // On disk before the outcome is reported.
     ctx.engine.store.sync().await?;

@@ -530,6 +530,7 @@ impl Engine {
                     move |tx, ()| finish_row(tx, &rid, outcome, &at, lock),
                 )
                 .await?;
+            self.store.record_actions(state.clone()).await?;
             self.store.sync().await?;
             return Ok(journal.state());
         }
@@ -549,8 +550,10 @@ impl Engine {
             self.store
                 .settle(&state.id, finish.outcome.as_str(), &finish.at, lock)
                 .await?;
-            self.store.sync().await?;
         }
+        // Its corrective actions, if the end that should have opened them was cut short.
+        self.store.record_actions(state.clone()).await?;
+        self.store.sync().await?;
         Ok(state.clone())
     }
 
@@ -613,14 +616,17 @@ impl Engine {
                         })?
                         .at
                         .clone();
+                    let ended = Arc::new(b.state().clone());
                     drive::seal(b, &id, signer.as_deref())?;
-                    Ok(at)
+                    Ok((at, ended))
                 },
-                move |tx, at: &String| {
+                move |tx, (at, ended): &(String, Arc<RunState>)| {
                     if abandon {
                         finish_row(tx, &run, "stuck", at, LockRelease::Free)?;
                     }
-                    acknowledge_row(tx, &run, at)
+                    acknowledge_row(tx, &run, at)?;
+                    // An abandoned run ends stuck here: its actions open with that end.
+                    crate::actions::record(tx, ended)
                 },
             )
             .await?;

@@ -51,6 +51,7 @@ pub(crate) async fn compensate(ctx: &Arc<Ctx>) -> Result<UndoEnd, EngineError> {
                     status: StepStatus::OutcomeUnknown,
                     attempts: s.attempts,
                     output: None,
+                    found: serde_json::Value::Null,
                     error: Some(
                         s.attempt_errors
                             .last()
