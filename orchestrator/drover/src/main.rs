@@ -1,6 +1,7 @@
 //! The `drover` binary: command line, tracing setup and the explicit plugin registry.
 
 mod cli;
+mod color;
 mod commands;
 mod progress;
 mod serve;
@@ -85,7 +86,7 @@ fn init_tracing(verbose: u8, format: cli::LogFormat, daemon: bool) {
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(color::enabled(color::Stream::Stderr))
         .with_target(false);
     match format {
         cli::LogFormat::Human => fmt.init(),
@@ -169,7 +170,7 @@ fn main() -> ExitCode {
             output,
         } => commands::records::trend(&cli, service, *format, output.as_deref()),
         Command::Evidence { command } => commands::records::evidence(&cli, command),
-        Command::Schema { kind, out_dir } => commands::schema::run(*kind, out_dir.as_deref()),
+        Command::Schema { kind, out_dir, .. } => commands::schema::run(*kind, out_dir.as_deref()),
         Command::Completions { shell } => commands::schema::completions(*shell),
         Command::Man => commands::schema::man(),
     };
