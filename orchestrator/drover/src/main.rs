@@ -174,14 +174,15 @@ fn main() -> ExitCode {
         Command::Completions { shell } => commands::schema::completions(*shell),
         Command::Man => commands::schema::man(),
     };
+    let error = || color::paint("error:", color::Tone::Bad, color::enabled(color::Stream::Stderr));
     match result {
         Ok(exit) | Err(Failure::Reported(exit)) => exit.into(),
         Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{} {e:#}", error());
             Exit::BadInput.into()
         }
         Err(Failure::Other(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{} {e:#}", error());
             Exit::Interrupted.into()
         }
     }

@@ -83,6 +83,9 @@ pub struct RunState {
     pub to: Option<String>,
     pub description: Option<String>,
     pub started_at: String,
+    /// Run-clock seconds of the preflight phase: from the run's start to the last result
+    /// of a preflight check (`None` until there is one).
+    pub preflight_span: Option<(f64, f64)>,
     pub steps: Vec<StepState>,
     index: HashMap<(Phase, String), usize>,
     pub checks: Vec<CheckState>,
@@ -102,6 +105,8 @@ pub struct RunState {
     /// Who took the run over, and why (`drover ack`).
     pub acknowledged: Option<(String, String, String)>,
     pub last_seq: Option<u64>,
+    /// Run-clock seconds of the `run_started` record.
+    pub run_started_t: f64,
     pub last_t: f64,
     pub last_at: String,
 }
@@ -187,6 +192,19 @@ impl RunState {
         self.last_t = r.t;
         self.last_at.clone_from(&r.at);
         self.sealed = matches!(r.event, Event::Sealed { .. });
+        if let Event::CheckPassed {
+            phase: Phase::Preflight,
+            ..
+        }
+        | Event::CheckFailed {
+            phase: Phase::Preflight,
+            ..
+        } = &r.event
+        {
+            let start = self.run_started_t;
+            let end = self.preflight_span.map_or(r.t, |(_, e)| e.max(r.t));
+            self.preflight_span = Some((start, end));
+        }
         match &r.event {
             Event::RunStarted {
                 runbook,
@@ -220,6 +238,7 @@ impl RunState {
                 self.runbook_source.clone_from(runbook_source);
                 self.runbook_path.clone_from(runbook_path);
                 self.started_at.clone_from(&r.at);
+                self.run_started_t = r.t;
             }
             Event::Resumed { .. } => {
                 self.resumes += 1;
