@@ -288,11 +288,13 @@ fn the_gantt_chart_shows_the_preflight_band_before_the_first_step() {
     assert!(html.contains("preflight (1 check)"), "{html}");
     let (band_x, band_w) = rect_after(&html, "<g class=\"preflight\">");
     let (step_x, _) = rect_after(&html, "<title>first:");
-    // The band starts at the run's start (the chart's left edge) and ends where the
-    // first step begins, give or take a pixel.
+    // The band starts at the run's start (the chart's left edge, 220) and fills most of
+    // the time before the first step, ending before it begins (the rest is the journal's
+    // bookkeeping between the two).
     let (bx, sx) = (band_x, step_x);
-    assert!(band_w > 0.5 * (sx - bx), "band {bx}+{band_w}, first step at {sx}");
-    assert!((bx + band_w - sx).abs() < 3.0, "band {bx}+{band_w}, first step at {sx}");
+    assert!(bx < 240.0, "band {bx}+{band_w}");
+    assert!(band_w > 0.8 * (sx - bx), "band {bx}+{band_w}, first step at {sx}");
+    assert!(bx + band_w <= sx + 0.5, "band {bx}+{band_w}, first step at {sx}");
     // A failed preflight is a band too, in the colour of failure.
     let failing = SMALL.replace(r#"command: ["true"]"#, r#"command: ["false"]"#);
     let fx = fixture(&failing);
