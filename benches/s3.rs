@@ -71,13 +71,21 @@ struct Measured {
 fn measure(what: &str, cmd: &[String], env: &[(String, String)], cwd: &Path) -> Measured {
     let timing = cwd.join("time.out");
     let mut c = Command::new("/usr/bin/time");
-    c.arg("-f").arg("%e %M").arg("-o").arg(&timing).args(cmd).current_dir(cwd);
+    c.arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(&timing)
+        .args(cmd)
+        .current_dir(cwd);
     for (k, v) in env {
         c.env(k, v);
     }
     c.env_remove("AWS_CA_BUNDLE");
     let started = Instant::now();
-    let out = c.stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("{what}: cannot run /usr/bin/time: {e}"));
+    let out = c
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run /usr/bin/time: {e}"));
     let seconds = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
@@ -88,11 +96,7 @@ fn measure(what: &str, cmd: &[String], env: &[(String, String)], cwd: &Path) -> 
         );
     }
     let t = std::fs::read_to_string(&timing).unwrap_or_default();
-    let rss_kib = t
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let rss_kib = t.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
     Measured {
         seconds,
         rss_kib,
@@ -221,7 +225,11 @@ fn run(tool: Tool, s: &Setup, bin: &Path) -> Measured {
     let ep = s.server.endpoint();
     let ak = s.server.access_key().to_owned();
     let sk = s.server.secret_key().to_owned();
-    let py_env = vec![("EP".to_owned(), ep.clone()), ("AK".to_owned(), ak.clone()), ("SK".to_owned(), sk.clone())];
+    let py_env = vec![
+        ("EP".to_owned(), ep.clone()),
+        ("AK".to_owned(), ak.clone()),
+        ("SK".to_owned(), sk.clone()),
+    ];
     let m = match tool {
         Tool::Drover => {
             let _ = std::fs::remove_file(s.dir.path().join("state.db"));
@@ -277,7 +285,11 @@ fn run(tool: Tool, s: &Setup, bin: &Path) -> Measured {
     // Every tool must have found every digest (a fast wrong answer is no answer).
     if tool != Tool::Download {
         for d in &s.digests {
-            assert!(m.stdout.contains(d.as_str()) || tool == Tool::Drover, "{}: no {d} in its output", tool.name());
+            assert!(
+                m.stdout.contains(d.as_str()) || tool == Tool::Drover,
+                "{}: no {d} in its output",
+                tool.name()
+            );
         }
         if tool == Tool::Drover {
             let v: serde_json::Value = serde_json::from_str(&m.stdout).expect("drover's JSON");
@@ -290,7 +302,11 @@ fn run(tool: Tool, s: &Setup, bin: &Path) -> Measured {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() -> ExitCode {
@@ -307,7 +323,11 @@ fn main() -> ExitCode {
         ("rclone", "apt-get install rclone"),
         ("python3", "install python3 with boto3"),
     ] {
-        let found = Command::new(prog).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let found = Command::new(prog)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if found.is_err() {
             eprintln!("`{prog}` is missing: {hint}");
             return ExitCode::FAILURE;
@@ -333,7 +353,9 @@ fn main() -> ExitCode {
     println!(
         "SHA-256 verification of {total_mib} MiB in {objects} objects of {mib} MiB; {rounds} rounds; {cores} cores"
     );
-    println!("SHA-256 on one core, in memory: ring {ring_mibs:.0} MiB/s, coreutils sha256sum {coreutils_mibs:.0} MiB/s");
+    println!(
+        "SHA-256 on one core, in memory: ring {ring_mibs:.0} MiB/s, coreutils sha256sum {coreutils_mibs:.0} MiB/s"
+    );
     println!();
     let tools = [Tool::Drover, Tool::Boto3, Tool::Rclone, Tool::Download];
     let mut table = Vec::new();
@@ -348,7 +370,13 @@ fn main() -> ExitCode {
             for k in 0..tools.len() {
                 let i = (k + round) % tools.len();
                 let m = run(tools[i], &s, &bin);
-                eprintln!("  {kind} round {} {}: {:.2} s, {} MiB", round + 1, tools[i].name(), m.seconds, m.rss_kib / 1024);
+                eprintln!(
+                    "  {kind} round {} {}: {:.2} s, {} MiB",
+                    round + 1,
+                    tools[i].name(),
+                    m.seconds,
+                    m.rss_kib / 1024
+                );
                 times[i].push(m.seconds);
                 rss[i] = rss[i].max(m.rss_kib);
             }

@@ -25,6 +25,7 @@ mod diagnostics;
 mod engine;
 mod examples;
 mod fuzz;
+mod help;
 mod inprocess;
 mod kubernetes;
 mod planning;

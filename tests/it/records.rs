@@ -78,8 +78,10 @@ fn html_report_is_self_contained_with_a_gantt_chart() {
     for needle in ["http://", "https://", "<link", "<script", "src=", "url(", "@import"] {
         assert!(!without_ns.contains(needle), "the page references `{needle}`");
     }
-    // One bar per step that ran: first, second, cleanup; the critical path is outlined.
-    assert_eq!(html.matches("<rect").count(), 3, "{html}");
+    // The preflight band, then one bar per step that ran: first, second, cleanup; the
+    // critical path is outlined.
+    assert_eq!(html.matches("<rect").count(), 4, "{html}");
+    assert_eq!(html.matches("<g class=\"preflight\">").count(), 1, "{html}");
     assert!(html.contains("stroke=\"#000\""));
 }
 
@@ -250,6 +252,105 @@ fn trend_charts_rto_across_runs() {
     assert!(html.contains("<svg") && html.contains("<polyline"), "{html}");
     let (_, md) = stdout(&fx, &["trend", "svc"]);
     assert_eq!(md.matches("| `").count(), 3, "{md}");
+}
+
+/// The `x` and `width` of the first `<rect` after `marker` in an SVG.
+fn rect_after(svg: &str, marker: &str) -> (f64, f64) {
+    let at = svg.find(marker).unwrap_or_else(|| panic!("no {marker} in {svg}"));
+    let rect = &svg[at + svg[at..].find("<rect").unwrap()..];
+    let rect = &rect[..rect.find("/>").unwrap()];
+    let attr = |name: &str| -> f64 {
+        let v = rect.split(&format!(" {name}=\"")).nth(1).unwrap();
+        v[..v.find('"').unwrap()].parse().unwrap()
+    };
+    (attr("x"), attr("width"))
+}
+
+#[test]
+fn the_gantt_chart_shows_the_preflight_band_before_the_first_step() {
+    // A preflight that takes most of the run: without its band, the chart would be blank
+    // up to the first step.
+    let slow = SMALL.replace(r#"command: ["true"]"#, r#"command: [sleep, "0.6"]"#);
+    let fx = fixture(&slow);
+    let (code, run) = drover_json(&fx, &["drill", "rb", "--yes"]);
+    assert_eq!(code, 0, "{run:#}");
+    let band = &run["preflight"];
+    assert_eq!(band["passed"], true, "{run:#}");
+    assert_eq!(band["checks"], 1);
+    let end = band["end_s"].as_f64().unwrap();
+    assert!(band["start_s"].as_f64().unwrap() < 0.1 && end >= 0.6, "{band}");
+    let first = run["steps"][0]["start_s"].as_f64().unwrap();
+    assert!(
+        first >= end,
+        "the first step started at {first}, before the preflight ended at {end}"
+    );
+    let (_, html) = stdout(&fx, &["report", &run_id(&run), "--format", "html"]);
+    assert!(html.contains("preflight (1 check)"), "{html}");
+    let (band_x, band_w) = rect_after(&html, "<g class=\"preflight\">");
+    let (step_x, _) = rect_after(&html, "<title>first:");
+    // The band starts at the run's start (the chart's left edge, 220) and fills most of
+    // the time before the first step, ending before it begins (the rest is the journal's
+    // bookkeeping between the two).
+    let (bx, sx) = (band_x, step_x);
+    assert!(bx < 240.0, "band {bx}+{band_w}");
+    assert!(band_w > 0.8 * (sx - bx), "band {bx}+{band_w}, first step at {sx}");
+    assert!(bx + band_w <= sx + 0.5, "band {bx}+{band_w}, first step at {sx}");
+    // A failed preflight is a band too, in the colour of failure.
+    let failing = SMALL.replace(r#"command: ["true"]"#, r#"command: ["false"]"#);
+    let fx = fixture(&failing);
+    let (code, run) = drover_json(&fx, &["drill", "rb", "--yes"]);
+    assert_eq!(code, 5, "{run:#}");
+    assert_eq!(run["preflight"]["passed"], false, "{run:#}");
+    let (_, html) = stdout(&fx, &["report", &run_id(&run), "--format", "html"]);
+    let at = html.find("<g class=\"preflight\">").expect("a band");
+    assert!(html[at..].contains("fill=\"#c62828\""), "{html}");
+}
+
+#[test]
+fn trend_labels_runs_of_one_day_with_their_times() {
+    let fx = fixture(SMALL);
+    for _ in 0..2 {
+        assert_eq!(drover_json(&fx, &["drill", "rb", "--yes"]).0, 0);
+    }
+    let (code, text) = stdout(&fx, &["trend", "svc", "--format", "json"]);
+    assert_eq!(code, 0);
+    let t: Value = serde_json::from_str(&text).unwrap();
+    let started: Vec<&str> = t["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["started_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(started.len(), 2);
+    // (Unless the two runs straddle midnight UTC: then each is alone on its day.)
+    if started[0][..10] != started[1][..10] {
+        return;
+    }
+    let (_, html) = stdout(&fx, &["trend", "svc", "--format", "html"]);
+    // Each label's lines of text.
+    let labels: Vec<Vec<&str>> = html
+        .split("<g class=\"x-label\">")
+        .skip(1)
+        .map(|g| {
+            g[..g.find("</g>").unwrap()]
+                .split("</text>")
+                .filter_map(|t| t.rsplit('>').next())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(labels.len(), 2, "{html}");
+    for (label, at) in labels.iter().zip(&started) {
+        // HH:MM, or HH:MM:SS when the two share a minute (they usually do here).
+        assert!(
+            label[0].len() >= 5 && at[11..].starts_with(label[0]),
+            "{label:?} is not the time of {at}"
+        );
+    }
+    // The date once, under the first of the day.
+    assert_eq!(labels[0].get(1), Some(&&started[0][..10]), "{labels:?}");
+    assert_eq!(labels[1].len(), 1, "{labels:?}");
 }
 
 /// A sealed run with a bundle exported to `bundle.json`.

@@ -957,5 +957,4 @@ fn s3_a_corrupt_backup_opens_a_corrective_action_by_its_key_closed_when_it_verif
             .contains("no longer finds `store/db/b.dump` bad"),
         "{closed:#}"
     );
-
 }

@@ -39,6 +39,7 @@ pub enum Command {
     /// Errors are printed as PATH:LINE:COL: error: MESSAGE, followed by the source line.
     /// Exit code 2 when anything is wrong.
     Validate {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -50,6 +51,7 @@ pub enum Command {
     Plan {
         /// A runbook name (from the runbooks folder) or a path to a runbook file.
         runbook: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
     },
@@ -60,7 +62,7 @@ pub enum Command {
     /// steps always run at the end (once). Ctrl-C stops starting steps and lets the ones
     /// in flight finish (twice: cancels them); the run can then be resumed.
     Drill {
-        /// A runbook name or a path to a runbook file.
+        /// A runbook name (from the runbooks folder) or a path to a runbook file.
         runbook: String,
         /// Approve every `manual.approve` gate (and skip confirmations).
         #[arg(long)]
@@ -68,6 +70,7 @@ pub enum Command {
         /// Why this run: recorded as the change record's justification.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -75,6 +78,7 @@ pub enum Command {
     ///
     /// Without --yes, drover asks on the terminal and refuses when stdin is not one.
     Failover {
+        /// A runbook name (from the runbooks folder) or a path to a runbook file.
         runbook: String,
         /// Confirm without asking, and approve every `manual.approve` gate.
         #[arg(long)]
@@ -92,15 +96,18 @@ pub enum Command {
         /// Why this run: recorded as the change record's justification.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
     /// Run only the preflight and verify checks of a runbook: nothing changes.
     Verify {
+        /// A runbook name (from the runbooks folder) or a path to a runbook file.
         runbook: String,
         /// Why this run: recorded as the change record's justification.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -116,6 +123,7 @@ pub enum Command {
         /// Approve the manual gates ahead.
         #[arg(long)]
         yes: bool,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -144,6 +152,7 @@ pub enum Command {
         /// Why, and what the operator will do instead (recorded).
         #[arg(long, value_name = "TEXT")]
         reason: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -157,6 +166,7 @@ pub enum Command {
     Report {
         /// A run id (or a unique prefix of one).
         run: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
         format: ReportFormat,
         /// Write to this file instead of stdout.
@@ -172,8 +182,10 @@ pub enum Command {
     Trend {
         /// The service (a CI id).
         service: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TrendFormat::Md)]
         format: TrendFormat,
+        /// Write to this file instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -188,6 +200,7 @@ pub enum Command {
     /// uncovered (no runbook; listed as a gap with its blast radius). A summary line per
     /// tier, and the open corrective actions per CI.
     Coverage {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = CoverageFormat::Text)]
         format: CoverageFormat,
         /// Judge as of this instant (RFC 3339, e.g. an audit date) instead of now; runs
@@ -228,6 +241,9 @@ pub enum Command {
         /// Write config.schema.json, cmdb.schema.json and runbook.schema.json into this folder.
         #[arg(long, value_name = "DIR", conflicts_with = "kind")]
         out_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = SchemaFormat::Json)]
+        format: SchemaFormat,
     },
     /// Print a shell completion script.
     Completions {
@@ -242,6 +258,7 @@ pub enum Command {
 pub enum RunsCommand {
     /// Runs, newest first.
     List {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
         /// At most this many.
@@ -252,6 +269,7 @@ pub enum RunsCommand {
     Show {
         /// A run id (or a unique prefix of one).
         run: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -261,7 +279,9 @@ pub enum RunsCommand {
 pub enum ChangeCommand {
     /// Show the change record (JSON uses the field names of ServiceNow's change_request).
     Show {
+        /// A run id (or a unique prefix of one).
         run: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -277,6 +297,7 @@ pub enum ActionsCommand {
         /// Only those of this service (a run's service or the action's CI).
         #[arg(long, value_name = "S")]
         service: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -284,15 +305,18 @@ pub enum ActionsCommand {
     Show {
         /// An action id, e.g. CA-2026-0001.
         id: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
     /// Close an action by hand: who and why are recorded in its history.
     Close {
+        /// An action id, e.g. CA-2026-0001.
         id: String,
         /// Why it is closed (what was fixed, or why it is accepted).
         #[arg(long, value_name = "TEXT")]
         note: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -309,7 +333,9 @@ pub enum CoverageFormat {
 pub enum EvidenceCommand {
     /// Write one self-contained bundle file: records, signature, public key, report.
     Export {
+        /// A run id (or a unique prefix of one).
         run: String,
+        /// The bundle file to write.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
@@ -318,12 +344,13 @@ pub enum EvidenceCommand {
     /// config, or `--key`); without a pinned key the output says "not pinned". Exit 0
     /// intact, 1 tampered or sealed by a key that is not pinned.
     Verify {
-        /// A run id, or the path of a bundle file.
+        /// A run id (or a unique prefix of one), or the path of a bundle file.
         target: String,
         /// Accept only this key (SHA256:..., e.g. from a report you trust); repeat it to
         /// accept several. Replaces `evidence.trusted_keys` for this check.
         #[arg(long, value_name = "FINGERPRINT")]
         key: Vec<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -332,7 +359,9 @@ pub enum EvidenceCommand {
     /// this themselves when they are sealed; this retries a failed upload. Exit 0
     /// archived (or already current), 1 the upload failed.
     Archive {
+        /// A run id (or a unique prefix of one).
         run: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
@@ -340,6 +369,7 @@ pub enum EvidenceCommand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
+    #[value(alias = "markdown")]
     Md,
     Html,
     Json,
@@ -348,6 +378,7 @@ pub enum ReportFormat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TrendFormat {
+    #[value(alias = "markdown")]
     Md,
     Html,
     Json,
@@ -359,11 +390,13 @@ pub enum CmdbCommand {
     Impact {
         /// A CI id.
         ci: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = TextJson::Text)]
         format: TextJson,
     },
     /// The whole dependency graph (edges point from a CI to what it depends on).
     Graph {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
@@ -391,6 +424,12 @@ pub enum PlanFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
     Dot,
+    Json,
+}
+
+/// JSON Schema is JSON: the one format of `drover schema`, accepted for consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaFormat {
     Json,
 }
 

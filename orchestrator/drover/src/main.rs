@@ -2,6 +2,7 @@
 
 mod archive;
 mod cli;
+mod color;
 mod commands;
 mod progress;
 mod serve;
@@ -95,7 +96,7 @@ fn init_tracing(verbose: u8, format: cli::LogFormat, daemon: bool) {
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(color::enabled(color::Stream::Stderr))
         .with_target(false);
     match format {
         cli::LogFormat::Human => fmt.init(),
@@ -183,18 +184,19 @@ fn main() -> ExitCode {
             commands::continuity::coverage(&cli, *format, at.as_deref(), output.as_deref())
         }
         Command::Actions { command } => commands::continuity::actions(&cli, command),
-        Command::Schema { kind, out_dir } => commands::schema::run(*kind, out_dir.as_deref()),
+        Command::Schema { kind, out_dir, .. } => commands::schema::run(*kind, out_dir.as_deref()),
         Command::Completions { shell } => commands::schema::completions(*shell),
         Command::Man => commands::schema::man(),
     };
+    let error = || color::paint("error:", color::Tone::Bad, color::enabled(color::Stream::Stderr));
     match result {
         Ok(exit) | Err(Failure::Reported(exit)) => exit.into(),
         Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{} {e:#}", error());
             Exit::BadInput.into()
         }
         Err(Failure::Other(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{} {e:#}", error());
             Exit::Interrupted.into()
         }
     }

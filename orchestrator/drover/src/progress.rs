@@ -21,6 +21,8 @@ pub struct Ui {
     header: Option<ProgressBar>,
     state: Mutex<UiState>,
     title: String,
+    /// Colour the marks of the lines (see `crate::color`).
+    color: bool,
 }
 
 #[derive(Default)]
@@ -169,7 +171,8 @@ pub fn describe(rec: &Record) -> Option<String> {
 impl Ui {
     /// A live display on a terminal, plain lines otherwise.
     pub fn new(title: String, total_steps: usize, rto_target: Option<f64>) -> Ui {
-        let tty = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let tty = crate::color::live_stderr();
+        let color = crate::color::enabled(crate::color::Stream::Stderr);
         let state = Mutex::new(UiState {
             total: total_steps,
             rto_target,
@@ -182,6 +185,7 @@ impl Ui {
                 header: None,
                 state,
                 title,
+                color,
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
@@ -195,6 +199,7 @@ impl Ui {
             header: Some(header),
             state,
             title,
+            color,
         };
         ui.refresh_header(&ui.state.lock().expect("ui lock"));
         ui
@@ -245,7 +250,7 @@ impl Observer for Ui {
         let Some(text) = describe(rec) else { return };
         let Some(multi) = &self.multi else {
             // One write per line: stderr is unbuffered.
-            let line = format!("[{:>9.3}s] {text}\n", rec.t);
+            let line = format!("[{:>9.3}s] {}\n", rec.t, crate::color::mark_line(&text, self.color));
             let _ = std::io::stderr().lock().write_all(line.as_bytes());
             return;
         };
@@ -283,7 +288,11 @@ impl Observer for Ui {
             _ => {}
         }
         self.refresh_header(&st);
-        let _ = multi.println(format!("[{:>8.2}s] {text}", rec.t));
+        let _ = multi.println(format!(
+            "[{:>8.2}s] {}",
+            rec.t,
+            crate::color::mark_line(&text, self.color)
+        ));
     }
 }
 

@@ -131,7 +131,7 @@ pub fn load_runbook(config: &Path, arg: &str) -> Result<(Loaded, Runbook), Failu
         }
         let dir = ws.runbooks_dir.as_deref().unwrap_or(Path::new("?"));
         return Err(Failure::Usage(anyhow::anyhow!(
-            "no runbook named `{arg}` in {}{}; known: {}",
+            "unknown runbook `{arg}` in {}{}; known: {}",
             dir.display(),
             drover_model::diag::did_you_mean(arg, names.iter().copied()),
             if names.is_empty() {

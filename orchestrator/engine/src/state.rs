@@ -104,6 +104,9 @@ pub struct RunState {
     pub to: Option<String>,
     pub description: Option<String>,
     pub started_at: String,
+    /// Run-clock seconds of the preflight phase: from the run's start to the last result
+    /// of a preflight check (`None` until there is one).
+    pub preflight_span: Option<(f64, f64)>,
     pub steps: Vec<StepState>,
     index: HashMap<(Phase, String), usize>,
     pub checks: Vec<CheckState>,
@@ -128,6 +131,8 @@ pub struct RunState {
     /// bundle must reach to be current.
     pub last_content_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// Run-clock seconds of the `run_started` record.
+    pub run_started_t: f64,
     pub last_t: f64,
     pub last_at: String,
 }
@@ -221,6 +226,19 @@ impl RunState {
         ) {
             self.last_content_seq = Some(r.seq);
         }
+        if let Event::CheckPassed {
+            phase: Phase::Preflight,
+            ..
+        }
+        | Event::CheckFailed {
+            phase: Phase::Preflight,
+            ..
+        } = &r.event
+        {
+            let start = self.run_started_t;
+            let end = self.preflight_span.map_or(r.t, |(_, e)| e.max(r.t));
+            self.preflight_span = Some((start, end));
+        }
         match &r.event {
             Event::RunStarted {
                 runbook,
@@ -254,6 +272,7 @@ impl RunState {
                 self.runbook_source.clone_from(runbook_source);
                 self.runbook_path.clone_from(runbook_path);
                 self.started_at.clone_from(&r.at);
+                self.run_started_t = r.t;
             }
             Event::Resumed { .. } => {
                 self.resumes += 1;

@@ -784,6 +784,16 @@ impl Store {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
+
+    /// Every run id, in order (for "did you mean" on a mistyped id).
+    pub fn run_ids(&self) -> StoreResult<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT id FROM runs ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
 }
 
 fn in_transaction<T>(

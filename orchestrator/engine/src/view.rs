@@ -50,6 +50,19 @@ pub struct CheckView {
     pub error: Option<String>,
 }
 
+/// The preflight phase as a whole: from the run's start to its last check result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSpan {
+    /// Run-clock seconds.
+    pub start_s: f64,
+    pub end_s: f64,
+    pub duration_s: f64,
+    /// Every check of the phase passed.
+    pub passed: bool,
+    /// How many checks the phase has.
+    pub checks: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CiView {
     pub id: String,
@@ -78,6 +91,9 @@ pub struct RunView {
     pub rpo: Figure,
     pub steps: Vec<StepView>,
     pub checks: Vec<CheckView>,
+    /// When the preflight checks ran (`null` for a runbook without any, or before the
+    /// first result).
+    pub preflight: Option<PhaseSpan>,
     pub critical_path: Vec<String>,
     pub cis: Vec<CiView>,
     pub resumes: u32,
@@ -192,7 +208,7 @@ impl RunView {
                 rpo_s: s.and_then(|s| s.output.as_ref()?.data.get("measurements")?.get("rpo_s")?.as_f64()),
             });
         }
-        let checks = plan
+        let checks: Vec<CheckView> = plan
             .map(|p| {
                 p.preflight
                     .iter()
@@ -214,6 +230,16 @@ impl RunView {
                     .collect()
             })
             .unwrap_or_default();
+        let preflight = state.preflight_span.map(|(start_s, end_s)| {
+            let of_phase: Vec<&CheckView> = checks.iter().filter(|c| c.phase == Phase::Preflight).collect();
+            PhaseSpan {
+                start_s,
+                end_s,
+                duration_s: end_s - start_s,
+                passed: of_phase.iter().all(|c| c.passed == Some(true)),
+                checks: of_phase.len(),
+            }
+        });
         let targets = plan.map(|p| p.targets);
         let rto_achieved = state.finished.as_ref().and_then(|f| f.rto_s).or(state.recovered_s);
         RunView {
@@ -243,6 +269,7 @@ impl RunView {
             cis: ci_times(state),
             resumes: state.resumes,
             checks,
+            preflight,
             steps,
             change: crate::change::ChangeRecord::from_state(state),
             sealed_by: state.sealed_by.clone(),

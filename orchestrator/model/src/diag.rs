@@ -106,35 +106,34 @@ pub fn sort_and_dedup(diags: &mut Vec<Diagnostic>) {
 }
 
 /// The closest candidate to `word` by edit distance, if it is close enough to be a likely typo.
+///
+/// The distance is the optimal string alignment distance (`strsim::osa_distance`): a swap
+/// of two neighbouring characters, the commonest typo, is one edit (`fenec` is one edit
+/// from `fence`). Ties go to the candidate that sorts first.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let max = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
-        .map(|c| (levenshtein(word, c), c))
+        .map(|c| (strsim::osa_distance(word, c), c))
         .filter(|(d, _)| *d <= max)
         .min()
         .map(|(_, c)| c)
 }
 
-/// Edit distance that counts swapping two neighbouring characters as one edit
-/// (optimal string alignment), the commonest typo: `fenec` is one edit from `fence`.
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-            if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
-                cur[j + 1] = cur[j + 1].min(prev2[j - 1] + 1);
-            }
-        }
-        prev2 = std::mem::replace(&mut prev, cur);
-    }
-    prev[b.len()]
+/// The candidate whose beginning is closest to `word` (a mistyped prefix of a long id,
+/// such as a run id): each candidate is compared cut to the length of `word`.
+pub fn suggest_by_prefix<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let n = word.chars().count();
+    let max = (n / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| {
+            let head: String = c.chars().take(n).collect();
+            (strsim::osa_distance(word, &head), std::cmp::Reverse(c))
+        })
+        .filter(|(d, _)| *d <= max)
+        .min()
+        .map(|(_, std::cmp::Reverse(c))| c)
 }
 
 /// `did you mean ...?` suffix for an unknown name, or nothing.
@@ -163,8 +162,21 @@ mod tests {
         // A swap of neighbours is one edit.
         assert_eq!(suggest("fenec", ["fence", "promote"]), Some("fence"));
         assert_eq!(suggest("wset", ["east", "west"]), Some("west"));
-        assert_eq!(levenshtein("ab", "ba"), 1);
-        assert_eq!(levenshtein("kitten", "sitting"), 3);
-        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(
+            suggest("payment-failover", ["payments-failover", "backups"]),
+            Some("payments-failover")
+        );
+    }
+
+    #[test]
+    fn suggests_ids_by_their_beginning() {
+        let ids = ["20260101-101010-aaaaaaaaaaaa", "20260101-101010-abcdef012345"];
+        // One typo in a prefix: compared with the ids cut to its length.
+        assert_eq!(suggest_by_prefix("20260101-101010-abdd", ids), Some(ids[1]));
+        // Equally close: the newest (last in sort order).
+        assert_eq!(suggest_by_prefix("20260101-1O1010", ids), Some(ids[1]));
+        assert_eq!(suggest_by_prefix("19991231", ids), None);
+        // A whole id with one typo is also found.
+        assert_eq!(suggest_by_prefix("20260101-101010-abcdef012346", ids), Some(ids[1]));
     }
 }

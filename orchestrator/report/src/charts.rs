@@ -51,19 +51,23 @@ fn text(x: f64, y: f64, s: &str, anchor: &str, size: u32) -> Text {
         .set("font-family", "Helvetica, Arial, sans-serif")
 }
 
-/// A Gantt chart of every step, compensation and rollback step: one row each, the bar
-/// from its start to its end on the run clock, coloured by status; the critical path
-/// outlined; the RTO achieved and its target as vertical lines.
+/// A Gantt chart of the run: the preflight checks as one band (they gate everything, so
+/// the steps start where it ends), then every step, compensation and rollback step: one
+/// row each, the bar from its start to its end on the run clock, coloured by status; the
+/// critical path outlined; the RTO achieved and its target as vertical lines.
 pub fn gantt_svg(run: &RunView) -> String {
     let rows: Vec<_> = run.steps.iter().filter(|s| s.start_s.is_some()).collect();
+    let band = run.preflight.as_ref();
     let end = rows
         .iter()
         .filter_map(|s| s.end_s.or(s.start_s))
         .chain(run.rto.achieved_s)
+        .chain(band.map(|b| b.end_s))
         .fold(0.0f64, f64::max);
     let max = if end > 0.0 { end * 1.05 } else { 1.0 };
     let x = |t: f64| LABEL_W + (t / max).clamp(0.0, 1.0) * PLOT_W;
-    let height = TOP + ROW_H * rows.len().max(1) as f64 + 30.0;
+    let band_rows = usize::from(band.is_some());
+    let height = TOP + ROW_H * (rows.len() + band_rows).max(1) as f64 + 30.0;
     let width = LABEL_W + PLOT_W + 20.0;
     let mut doc = Document::new()
         .set("viewBox", (0, 0, width, height))
@@ -89,8 +93,36 @@ pub fn gantt_svg(run: &RunView) -> String {
         t += step;
     }
     doc = doc.add(axis);
+    if let Some(b) = band {
+        let label = format!("preflight ({} check{})", b.checks, if b.checks == 1 { "" } else { "s" });
+        let tip = format!(
+            "{label}: {} from {} for {}",
+            if b.passed { "passed" } else { "failed" },
+            secs(b.start_s),
+            secs(b.duration_s)
+        );
+        let color = status_color(if b.passed { "ok" } else { "failed" });
+        doc = doc.add(
+            Group::new()
+                .set("class", "preflight")
+                .add(Title::new(tip))
+                .add(text(LABEL_W - 8.0, TOP + ROW_H / 2.0 + 4.0, &label, "end", 12).set("font-style", "italic"))
+                .add(
+                    Rectangle::new()
+                        .set("x", x(b.start_s))
+                        .set("y", TOP + 4.0)
+                        .set("width", (x(b.end_s) - x(b.start_s)).max(2.0))
+                        .set("height", ROW_H - 8.0)
+                        .set("rx", 2)
+                        .set("fill", color)
+                        .set("fill-opacity", 0.45)
+                        .set("stroke", color)
+                        .set("stroke-dasharray", "3 2"),
+                ),
+        );
+    }
     for (i, s) in rows.iter().enumerate() {
-        let y = TOP + ROW_H * i as f64;
+        let y = TOP + ROW_H * (i + band_rows) as f64;
         let start = s.start_s.unwrap_or(0.0);
         let stop = s.end_s.unwrap_or(end);
         let label = match s.phase {
@@ -161,8 +193,10 @@ type Series = (
 
 /// RTO and RPO achieved across runs (oldest left), with their targets as dashed lines.
 pub fn trend_svg(service: &str, points: &[TrendPoint]) -> String {
-    let (w, h, left, top, bottom) = (860.0, 320.0, 70.0, 30.0, 60.0);
-    let plot_w = w - left - 20.0;
+    // The right margin holds half of the newest point's label (centred under it), so
+    // that it is never clipped; the left one holds the axis figures.
+    let (w, h, left, right, top, bottom) = (860.0, 320.0, 70.0, 40.0, 30.0, 60.0);
+    let plot_w = w - left - right;
     let plot_h = h - top - bottom;
     let values = points.iter().flat_map(|p| {
         [p.rto.achieved_s, p.rto.target_s, p.rpo.achieved_s, p.rpo.target_s]
@@ -192,7 +226,7 @@ pub fn trend_svg(service: &str, points: &[TrendPoint]) -> String {
             .add(
                 Line::new()
                     .set("x1", left)
-                    .set("x2", w - 20.0)
+                    .set("x2", w - right)
                     .set("y1", py(v))
                     .set("y2", py(v))
                     .set("stroke", "#e0e0e0"),
@@ -275,9 +309,21 @@ pub fn trend_svg(service: &str, points: &[TrendPoint]) -> String {
                 11,
             ));
     }
-    for (i, p) in points.iter().enumerate() {
-        let date = p.started_at.get(..10).unwrap_or(&p.started_at);
-        doc = doc.add(text(px(i), h - bottom + 16.0, date, "middle", 10));
+    // Every k-th label from the newest back, so that neighbours never overlap.
+    let spacing = if n > 1 { plot_w / (n - 1) as f64 } else { plot_w };
+    let every = ((LABEL_MAX + 6.0) / spacing).ceil().max(1.0) as usize;
+    let shown = |i: usize| (n - 1 - i).is_multiple_of(every);
+    for (i, [first, second]) in point_labels(points, shown).iter().enumerate() {
+        if !shown(i) {
+            continue;
+        }
+        let mut g = Group::new()
+            .set("class", "x-label")
+            .add(text(px(i), h - bottom + 16.0, first, "middle", 10));
+        if !second.is_empty() {
+            g = g.add(text(px(i), h - bottom + 28.0, second, "middle", 10).set("fill", "#616161"));
+        }
+        doc = doc.add(g);
     }
     doc.to_string()
 }
@@ -423,4 +469,135 @@ pub fn coverage_svg(c: &Coverage) -> String {
             10,
         ));
     doc.to_string()
+}
+
+/// The widest x-axis label line (a date, `2026-11-27`, in 10-pixel Helvetica, whose
+/// digits and `-` are about 0.56 em wide, with some room to spare).
+const LABEL_MAX: f64 = 10.0 * 10.0 * 0.6;
+
+/// The x-axis label of each point, as two lines: the date of a run alone on its day;
+/// the time (UTC) for runs that share a day, with the date under the first of them that
+/// is `shown` (and seconds when two share a minute).
+fn point_labels(points: &[TrendPoint], shown: impl Fn(usize) -> bool) -> Vec<[String; 2]> {
+    let date = |p: &TrendPoint| p.started_at.get(..10).unwrap_or(&p.started_at).to_owned();
+    let minute = |p: &TrendPoint| p.started_at.get(..16).unwrap_or(&p.started_at).to_owned();
+    let mut dated = std::collections::HashSet::new();
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let day = date(p);
+            if points.iter().filter(|q| date(q) == day).count() == 1 {
+                return [day, String::new()];
+            }
+            let same_minute = points.iter().filter(|q| minute(q) == minute(p)).count();
+            let time_end = if same_minute > 1 { 19 } else { 16 };
+            let time = p.started_at.get(11..time_end).unwrap_or_default().to_owned();
+            let under = if shown(i) && dated.insert(day.clone()) {
+                day
+            } else {
+                String::new()
+            };
+            [time, under]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Measure;
+
+    fn point(started_at: &str) -> TrendPoint {
+        TrendPoint {
+            run: format!("run-{started_at}"),
+            started_at: started_at.to_owned(),
+            mode: Some("drill"),
+            outcome: Some("passed"),
+            rto: Measure::new(Some(600.0), Some(30.0)),
+            rpo: Measure::new(None, None),
+            actions: Vec::new(),
+        }
+    }
+
+    /// The x-axis labels of a chart: (x, the label's lines).
+    fn x_labels(svg: &str) -> Vec<(f64, Vec<String>)> {
+        svg.split("<g class=\"x-label\">")
+            .skip(1)
+            .map(|g| {
+                let g = &g[..g.find("</g>").unwrap()];
+                let x = g
+                    .split("x=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let lines = g
+                    .split("</text>")
+                    .filter_map(|t| t.rsplit('>').next())
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                (x, lines)
+            })
+            .collect()
+    }
+
+    fn view_box_width(svg: &str) -> f64 {
+        let vb = svg.split("viewBox=\"").nth(1).unwrap().split('"').next().unwrap();
+        vb.split_whitespace().nth(2).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn runs_of_one_day_are_labelled_with_their_times() {
+        let points = [
+            point("2026-11-26T09:00:00Z"),
+            point("2026-11-27T09:15:02.5Z"),
+            point("2026-11-27T14:40:10Z"),
+            point("2026-11-27T14:40:55Z"),
+        ];
+        let svg = trend_svg("svc", &points);
+        let labels: Vec<Vec<String>> = x_labels(&svg).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            labels,
+            [
+                vec!["2026-11-26".to_owned()],
+                vec!["09:15".to_owned(), "2026-11-27".to_owned()],
+                vec!["14:40:10".to_owned()],
+                vec!["14:40:55".to_owned()],
+            ]
+        );
+    }
+
+    #[test]
+    fn no_label_is_clipped_or_overlaps_its_neighbour() {
+        for n in [1usize, 2, 5, 40] {
+            let points: Vec<TrendPoint> = (0..n)
+                .map(|i| point(&format!("2026-{:02}-{:02}T10:00:00Z", 1 + i / 28, 1 + i % 28)))
+                .collect();
+            let svg = trend_svg("svc", &points);
+            let width = view_box_width(&svg);
+            let labels = x_labels(&svg);
+            assert!(!labels.is_empty(), "{n} points, no label");
+            // The newest run is always labelled.
+            assert_eq!(labels.last().unwrap().1[0], points[n - 1].started_at[..10], "{n}");
+            for (x, lines) in &labels {
+                let half = lines.iter().map(|l| l.len()).max().unwrap() as f64 * 10.0 * 0.6 / 2.0;
+                assert!(
+                    x - half >= 0.0 && x + half <= width,
+                    "{n} points: {lines:?} at {x} is clipped"
+                );
+            }
+            for pair in labels.windows(2) {
+                assert!(
+                    pair[1].0 - pair[0].0 >= LABEL_MAX,
+                    "{n} points: labels overlap: {pair:?}"
+                );
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::{Cli, CmdbCommand, GraphFormat, TextJson};
 use crate::workspace::load;
-use crate::{CmdResult, Exit, Failure};
+use crate::{CmdResult, Exit};
 
 pub fn run(cli: &Cli, command: &CmdbCommand) -> CmdResult {
     let loaded = load(&cli.config, &[])?;
@@ -16,8 +16,7 @@ pub fn run(cli: &Cli, command: &CmdbCommand) -> CmdResult {
     match command {
         CmdbCommand::Impact { ci, format } => {
             if cmdb.item(ci).is_none() {
-                let hint = drover_model::diag::did_you_mean(ci, cmdb.items.iter().map(|c| c.id.as_str()));
-                return Err(Failure::Usage(anyhow::anyhow!("unknown CI `{ci}`{hint}")));
+                return Err(super::unknown("CI", ci, cmdb.items.iter().map(|c| c.id.as_str())));
             }
             let impacted: Vec<_> = graph
                 .dependents(ci)

@@ -210,7 +210,7 @@ pub fn actions(cli: &Cli, command: &ActionsCommand) -> CmdResult {
         }
         ActionsCommand::Show { id, format } => {
             let Some(a) = store.action(id).map_err(store_err)? else {
-                return Err(Failure::Usage(anyhow::anyhow!("no corrective action `{id}`")));
+                return Err(unknown_action(&store, id));
             };
             print(&a, *format)?;
         }
@@ -231,7 +231,7 @@ pub fn actions(cli: &Cli, command: &ActionsCommand) -> CmdResult {
                     print(&a, *format)?;
                 }
                 Err(CloseRefusal::NotFound) => {
-                    return Err(Failure::Usage(anyhow::anyhow!("no corrective action `{id}`")));
+                    return Err(unknown_action(&store, id));
                 }
                 Err(CloseRefusal::AlreadyClosed(a)) => {
                     let c = a.closed.as_ref();
@@ -246,4 +246,13 @@ pub fn actions(cli: &Cli, command: &ActionsCommand) -> CmdResult {
         }
     }
     Ok(Exit::Passed)
+}
+
+/// An unknown action id, with the closest known one.
+fn unknown_action(store: &drover_engine::Store, id: &str) -> Failure {
+    let known: Vec<String> = store
+        .actions(&ActionFilter::default())
+        .map(|l| l.into_iter().map(|a| a.id).collect())
+        .unwrap_or_default();
+    super::unknown("corrective action", id, known.iter().map(String::as_str))
 }

@@ -145,7 +145,23 @@ fn indent(s: &str) -> String {
 }
 
 pub fn trend(cli: &Cli, service: &str, format: TrendFormat, output: Option<&Path>) -> CmdResult {
-    let (store, _) = open(cli)?;
+    let loaded = load_for_recorded_run(&cli.config)?;
+    let store = super::run::open_store(loaded.config())?;
+    let rows = store.runs(10_000).map_err(|e| Failure::Other(e.into()))?;
+    // A service is a CI of the CMDB or the service of a recorded run (one since removed
+    // from the CMDB still has its history).
+    let mut known: Vec<&str> = loaded
+        .ws
+        .cmdb
+        .iter()
+        .flat_map(|c| c.items.iter().map(|i| i.id.as_str()))
+        .chain(rows.iter().map(|r| r.service.as_str()))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    if !known.contains(&service) {
+        return Err(super::unknown("CI", service, known));
+    }
     let t = build_trend(&store, service)?;
     let text = match format {
         TrendFormat::Md => t.markdown(),
@@ -190,6 +206,7 @@ fn print_verification(v: &Verification, format: TextJson, what: &str) -> Result<
             "problem": v.problem.as_ref().map(|p| &p.message),
         }))?,
         TextJson::Text => {
+            let color = crate::color::enabled(crate::color::Stream::Stdout);
             match &v.problem {
                 None => {
                     let sealed = match v.seals.as_slice() {
@@ -202,12 +219,18 @@ fn print_verification(v: &Verification, format: TextJson, what: &str) -> Result<
                             .join(", then "),
                     };
                     println!(
-                        "intact: {what}: {} records, head {}, sealed by {sealed}",
+                        "{}: {what}: {} records, head {}, sealed by {sealed}",
+                        crate::color::paint("intact", crate::color::Tone::Good, color),
                         v.records,
                         v.head.as_deref().unwrap_or("-"),
                     );
                 }
-                Some(p) => println!("TAMPERED: {what}: first bad record {}: {}", p.record, p.message),
+                Some(p) => println!(
+                    "{}: {what}: first bad record {}: {}",
+                    crate::color::paint("TAMPERED", crate::color::Tone::Bad, color),
+                    p.record,
+                    p.message
+                ),
             }
             match v.key_trusted() {
                 _ if !v.pinned() => println!(
@@ -309,6 +332,11 @@ pub fn evidence(cli: &Cli, command: &EvidenceCommand) -> CmdResult {
                 let bytes = std::fs::read(path)
                     .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
                 (verify_bundle_pinned(&bytes, &trusted), path.display().to_string())
+            } else if target.contains('/') || target.ends_with(".json") {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "no bundle file {} (and it is not a run id)",
+                    path.display()
+                )));
             } else {
                 let (store, config) = open(cli)?;
                 let trusted = pins(key, Some(&config))?;

@@ -297,7 +297,10 @@ pub fn report(store: &Store, state: &RunState, format: TextJson) -> CmdResult {
     let view = RunView::new(state, live);
     match format {
         TextJson::Json => super::print_json(&view)?,
-        TextJson::Text => print!("{}", super::runs::text(&view)),
+        TextJson::Text => print!(
+            "{}",
+            super::runs::text(&view, crate::color::enabled(crate::color::Stream::Stdout))
+        ),
     }
     use drover_engine::Outcome;
     Ok(match state.finished.as_ref().map(|f| f.outcome) {

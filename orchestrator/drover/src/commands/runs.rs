@@ -9,23 +9,51 @@ use crate::cli::{Cli, RunsCommand, TextJson};
 use crate::workspace::load_for_recorded_run;
 use crate::{CmdResult, Exit, Failure};
 
-/// A run id from an id or a unique prefix of one.
+/// At most this many candidates are listed for an ambiguous prefix.
+const AMBIGUOUS_SHOWN: usize = 10;
+
+/// A run id from an id or a unique prefix of one. An ambiguous prefix lists the runs it
+/// matches; an unknown one names the closest id (a typo in the prefix); both exit 2.
 pub fn resolve(store: &Store, arg: &str) -> Result<String, Failure> {
-    let found = store.runs_with_prefix(arg).map_err(|e| Failure::Other(e.into()))?;
+    let found = if arg.is_empty() {
+        Vec::new()
+    } else {
+        store.runs_with_prefix(arg).map_err(|e| Failure::Other(e.into()))?
+    };
     if let Some(exact) = found.iter().find(|r| r.id == arg) {
         return Ok(exact.id.clone());
     }
     match found.as_slice() {
         [one] => Ok(one.id.clone()),
-        [] => Err(Failure::Usage(anyhow::anyhow!(
-            "no run `{arg}` in {}",
-            store.path().display()
-        ))),
-        many => Err(Failure::Usage(anyhow::anyhow!(
-            "`{arg}` matches {} runs: {}",
-            many.len(),
-            many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
-        ))),
+        [] => {
+            let ids = store.run_ids().map_err(|e| Failure::Other(e.into()))?;
+            let hint = match drover_model::diag::suggest_by_prefix(arg, ids.iter().map(String::as_str)) {
+                Some(id) => format!(" (did you mean `{id}`?)"),
+                None if ids.is_empty() => " (there are no runs yet)".to_owned(),
+                None => " (`drover runs list` shows the runs)".to_owned(),
+            };
+            Err(Failure::Usage(anyhow::anyhow!(
+                "unknown run `{arg}` in {}{hint}",
+                store.path().display()
+            )))
+        }
+        many => {
+            let mut list = String::new();
+            for r in many.iter().rev().take(AMBIGUOUS_SHOWN) {
+                let _ = write!(
+                    list,
+                    "\n  {}  {} of {}, started {}",
+                    r.id, r.mode, r.runbook, r.started_at
+                );
+            }
+            if many.len() > AMBIGUOUS_SHOWN {
+                let _ = write!(list, "\n  ... and {} more", many.len() - AMBIGUOUS_SHOWN);
+            }
+            Err(Failure::Usage(anyhow::anyhow!(
+                "`{arg}` matches {} runs; give more of the id:{list}",
+                many.len()
+            )))
+        }
     }
 }
 
@@ -74,7 +102,7 @@ pub fn run(cli: &Cli, command: &RunsCommand) -> CmdResult {
             let v = RunView::new(&st, drover_engine::is_live(&store, &id));
             match format {
                 TextJson::Json => super::print_json(&v)?,
-                TextJson::Text => print!("{}", text(&v)),
+                TextJson::Text => print!("{}", text(&v, crate::color::enabled(crate::color::Stream::Stdout))),
             }
         }
     }
@@ -95,16 +123,19 @@ fn list_text(views: &[RunView]) -> String {
         out.push_str("no runs yet\n");
         return out;
     }
+    // Columns as wide as their widest value, so that full run ids line up.
+    let id_w = views.iter().map(|v| v.id.len()).max().unwrap_or(0).max(3);
+    let rb_w = views.iter().map(|v| v.runbook.len()).max().unwrap_or(0).max(7);
     let _ = writeln!(
         out,
-        "{:<22} {:<24} {:<9} {:<15} {:<24} {:>9} {:>9}",
+        "{:<id_w$} {:<rb_w$} {:<9} {:<15} {:<24} {:>9} {:>9}",
         "RUN", "RUNBOOK", "MODE", "RESULT", "STARTED", "RTO", "TARGET"
     );
     for v in views {
         let result = v.outcome.unwrap_or(v.state);
         let _ = writeln!(
             out,
-            "{:<22} {:<24} {:<9} {:<15} {:<24} {:>9} {:>9}",
+            "{:<id_w$} {:<rb_w$} {:<9} {:<15} {:<24} {:>9} {:>9}",
             v.id,
             v.runbook,
             v.mode.unwrap_or("?"),
@@ -117,12 +148,14 @@ fn list_text(views: &[RunView]) -> String {
     out
 }
 
-/// A run for people: result, figures, every step's timeline.
-pub fn text(v: &RunView) -> String {
+/// A run for people: result, figures, every step's timeline; the result coloured when
+/// `color`.
+pub fn text(v: &RunView, color: bool) -> String {
     let mut out = String::new();
-    let result = match v.outcome {
-        Some(o) => o.to_uppercase(),
-        None => v.state.to_uppercase(),
+    let word = v.outcome.unwrap_or(v.state);
+    let result = match crate::color::outcome_tone(word) {
+        Some(tone) => crate::color::paint(&word.to_uppercase(), tone, color),
+        None => word.to_uppercase(),
     };
     let _ = writeln!(
         out,
