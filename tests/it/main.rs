@@ -25,6 +25,7 @@ mod diagnostics;
 mod engine;
 mod examples;
 mod fuzz;
+mod guide;
 mod help;
 mod inprocess;
 mod kubernetes;
