@@ -788,6 +788,23 @@ impl Browser {
         self.cmd("GET", "/source", None).as_str().unwrap_or_default().to_owned()
     }
 
+    /// Saves a PNG of the window as `NAME.png` in `$DROVER_SCREENSHOTS`, when it is set
+    /// (how docs/dashboard.png is made: `DROVER_SCREENSHOTS=docs cargo nextest run -p
+    /// drover-tests -E 'test(/in_a_real_browser/)'`).
+    fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let Some(dir) = std::env::var_os("DROVER_SCREENSHOTS") else {
+            return;
+        };
+        self.cmd("POST", "/window/rect", Some(json!({"width": 1280, "height": 900})));
+        let v = self.cmd("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("a screenshot"))
+            .expect("base64");
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+
     /// The page, once it contains `text` (a form post navigates asynchronously).
     #[track_caller]
     fn wait_for(&self, text: &str) -> String {
@@ -857,6 +874,7 @@ fn in_a_real_browser_an_operator_logs_in_sees_the_run_and_approves_its_gate() {
     );
     b.go(&format!("{}/", d.url));
     b.wait_for("badge passed");
+    b.screenshot("dashboard");
 }
 
 #[test]
