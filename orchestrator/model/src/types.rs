@@ -95,6 +95,23 @@ pub enum SecretRef {
     File(PathBuf),
 }
 
+/// Refuses a secret file that its group or other users may read or write (anything
+/// wider than 0600): a key others can read is no longer a secret, and one they can write
+/// is not the operator's.
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "secret file {} is open to other users (mode {mode:04o}); make it private: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 impl SecretRef {
     /// Reads the secret. `{file:}` paths were made absolute when the config was loaded.
     pub fn resolve(&self) -> Result<SecretString, String> {
@@ -102,9 +119,12 @@ impl SecretRef {
             SecretRef::Env(name) => std::env::var(name)
                 .map(SecretString)
                 .map_err(|_| format!("environment variable `{name}` is not set")),
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map(|s| SecretString(s.trim_end_matches(['\n', '\r']).to_owned()))
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display())),
+            SecretRef::File(path) => {
+                check_private(path)?;
+                std::fs::read_to_string(path)
+                    .map(|s| SecretString(s.trim_end_matches(['\n', '\r']).to_owned()))
+                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
+            }
         }
     }
 
@@ -257,5 +277,32 @@ impl<V: JsonSchema> JsonSchema for LocMap<V> {
             "type": "object",
             "additionalProperties": g.subschema_for::<V>()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn secret_files_open_to_others_are_refused() {
+        let path = std::env::temp_dir().join(format!("drover-secret-test-{}", std::process::id()));
+        std::fs::write(&path, "s3cr3t-value\n").unwrap();
+        let secret = SecretRef::File(path.clone());
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = secret.resolve().map(|_| ()).unwrap_err();
+            assert!(
+                e.contains("open to other users") && e.contains("chmod 600"),
+                "{mode:o}: {e}"
+            );
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(secret.resolve().unwrap().expose(), "s3cr3t-value", "{mode:o}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }
