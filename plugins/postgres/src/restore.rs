@@ -336,27 +336,12 @@ async fn restore(admin: &Target, store: &Store, key: &str, scratch: &str) -> Res
         String::from_utf8_lossy(&buf).trim().to_owned()
     });
 
-    let out = store
-        .client
-        .get_object()
-        .bucket(&store.bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| store.error("reading", Some(key), e))?;
-    let mut body = out.body;
+    let mut body = store.download(key).await?;
     let mut hash = Context::new(&SHA256);
-    let mut bytes = 0u64;
     // Set when pg_restore stopped reading (it exited): its status says why.
     let mut broken_pipe = false;
-    while let Some(chunk) = body.try_next().await.map_err(|e| {
-        store.clean(ActionError::Retryable(format!(
-            "reading `{key}` from object store `{}`: the download broke off after {bytes} bytes: {e}",
-            store.name
-        )))
-    })? {
+    while let Some(chunk) = body.chunk().await? {
         hash.update(&chunk);
-        bytes += chunk.len() as u64;
         if let Err(e) = stdin.write_all(&chunk).await {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 broken_pipe = true;
@@ -366,6 +351,7 @@ async fn restore(admin: &Target, store: &Store, key: &str, scratch: &str) -> Res
         }
     }
     drop(stdin);
+    let bytes = body.read();
     let status = child
         .wait()
         .await

@@ -188,6 +188,67 @@ impl Store {
     }
 }
 
+/// An object's body being read, one chunk at a time (constant memory), with errors that
+/// name the object and how far the download got.
+pub struct Download<'a> {
+    store: &'a Store,
+    key: &'a str,
+    body: aws_sdk_s3::primitives::ByteStream,
+    read: u64,
+}
+
+impl Store {
+    /// Starts reading `key`.
+    pub async fn download<'a>(&'a self, key: &'a str) -> Result<Download<'a>, ActionError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("reading", Some(key), e))?;
+        Ok(Download {
+            store: self,
+            key,
+            body: out.body,
+            read: 0,
+        })
+    }
+}
+
+impl std::fmt::Debug for Download<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("store", &self.store.name)
+            .field("key", &self.key)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Download<'_> {
+    /// The next chunk, or `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ActionError> {
+        match self.body.try_next().await {
+            Ok(Some(c)) => {
+                self.read += c.len() as u64;
+                Ok(Some(c))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.store.clean(ActionError::Retryable(format!(
+                "reading `{}` from object store `{}`: the download broke off after {} bytes: {e}",
+                self.key, self.store.name, self.read
+            )))),
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+}
+
 fn sep(s: &str) -> String {
     if s.is_empty() { String::new() } else { format!(" {s}") }
 }

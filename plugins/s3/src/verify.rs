@@ -225,22 +225,9 @@ pub(crate) fn rfc3339(unix: f64) -> String {
 
 /// Streams `key` and returns (its SHA-256, the part digests when `parts` is given, bytes read).
 async fn digest(store: &Store, key: &str, parts: Option<&[u64]>) -> Result<(Vec<u8>, Vec<Vec<u8>>, u64), ActionError> {
-    let out = store
-        .client
-        .get_object()
-        .bucket(&store.bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| store.error("reading", Some(key), e))?;
-    let mut body = out.body;
+    let mut body = store.download(key).await?;
     let mut h = PartHasher::new(parts);
-    while let Some(chunk) = body.try_next().await.map_err(|e| {
-        store.clean(ActionError::Retryable(format!(
-            "reading `{key}` from object store `{}`: the download broke off: {e}",
-            store.name
-        )))
-    })? {
+    while let Some(chunk) = body.chunk().await? {
         h.update(&chunk);
     }
     Ok(h.finish())
