@@ -221,10 +221,7 @@ fn drill(cli: &Cli, lab: &lab::Lab, out: &Path, serve: bool, stop: &AtomicBool) 
             lab.api_listen, lab.token
         );
         println!("the lab and the daemon run until Ctrl-C");
-        let served = crate::serve::run(&cli, false);
-        if let Err(e) = served {
-            return Err(e);
-        }
+        crate::serve::run(&cli, false)?;
     }
     Ok(exit)
 }
