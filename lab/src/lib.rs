@@ -7,6 +7,7 @@
 //! - [`K8sSim`]: a Kubernetes API simulator over HTTPS (Deployments, StatefulSets,
 //!   the scale subresource, watches) with a kubeconfig of its own.
 //! - [`S3Server`]: moto's server or s3s-fs on a free loopback port, with random keys.
+//! - [`S3Fs`]: s3s-fs in this process (nothing to install), for `drover demo`.
 //!
 //! Everything here is synchronous and uses the installed server binaries (found on
 //! `PATH` or under `/usr/lib/postgresql/*/bin`): the lab does not depend on the plugins
@@ -15,7 +16,9 @@
 pub mod k8s;
 pub mod postgres;
 pub mod s3;
+pub mod s3fs;
 
 pub use k8s::K8sSim;
 pub use postgres::{LabError, Node, PgBin, PgPair};
 pub use s3::{S3Kind, S3Server};
+pub use s3fs::S3Fs;

@@ -21,6 +21,7 @@ mod cli;
 mod continuity;
 mod crashes;
 mod daemon;
+mod demo;
 mod diagnostics;
 mod engine;
 mod examples;

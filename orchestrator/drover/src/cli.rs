@@ -140,6 +140,25 @@ pub enum Command {
         #[arg(long, hide = true)]
         routes: bool,
     },
+    /// Build a local two-site lab, run a drill on it end to end, remove the lab.
+    ///
+    /// East and west each get a PostgreSQL (east primary, west streaming standby), an
+    /// S3 endpoint seeded with pg_dump backups and a Kubernetes API simulator with the
+    /// payments workloads; a CMDB and a runbook for them. The drill: preflight (lag gate,
+    /// backups verified by SHA-256, a restore test), fence east, promote west with a
+    /// heartbeat RPO, scale the workloads in west in dependency order, verify over HTTP
+    /// and SQL, clean up. Then RTO and RPO achieved against target, and the HTML report
+    /// and evidence bundle in --out. Needs only the PostgreSQL server binaries and no
+    /// network; leaves nothing running and no temporary folder, also on Ctrl-C.
+    /// Exits with the drill's outcome (2 when PostgreSQL is not installed).
+    Demo {
+        /// Where the report and the evidence bundle go (kept; the lab is not).
+        #[arg(long, default_value = "drover-demo")]
+        out: PathBuf,
+        /// Keep the lab and run the daemon with its dashboard on loopback until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+    },
     /// An operator takes over a stuck run: records who and why, frees its service.
     ///
     /// A stuck run (an undo failed) keeps its service locked, and counts for anti-flap,

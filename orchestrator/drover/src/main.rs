@@ -4,6 +4,7 @@ mod archive;
 mod cli;
 mod color;
 mod commands;
+mod demo;
 mod progress;
 mod serve;
 mod workspace;
@@ -171,6 +172,7 @@ fn main() -> ExitCode {
         Command::Resume { run, yes, format } => commands::run::resume(&cli, run, *yes, *format),
         Command::Ack { run, reason, format } => commands::run::ack(&cli, run, reason, *format),
         Command::Serve { routes } => serve::run(&cli, *routes),
+        Command::Demo { out, serve } => demo::run(&cli, out, *serve),
         Command::Runs { command } => commands::runs::run(&cli, command),
         Command::Report { run, format, output } => commands::records::report(&cli, run, *format, output.as_deref()),
         Command::Change { command } => commands::records::change(&cli, command),
