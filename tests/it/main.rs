@@ -33,3 +33,4 @@ mod postgres;
 mod records;
 mod s3;
 mod safety;
+mod store;
