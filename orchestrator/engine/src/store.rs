@@ -912,6 +912,106 @@ impl Store {
     }
 }
 
+/// The leadership lease as the store holds it (PostgreSQL only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The node holding it; `None` before anyone took it.
+    pub holder: Option<String>,
+    /// Incremented at every change of holder: the fencing token.
+    pub epoch: i64,
+    /// When it ends, by the database's clock (RFC 3339, UTC).
+    pub expires_at: String,
+    /// The database's clock when this was read.
+    pub now: String,
+}
+
+impl Lease {
+    /// Whether it was in force when read (by the database's clock).
+    pub fn live(&self) -> bool {
+        self.holder.is_some() && self.expires_at > self.now
+    }
+}
+
+/// The lease's times as RFC 3339 text in UTC, with microseconds (sortable as text).
+const LEASE_COLUMNS: &str = r#"holder, epoch,
+    to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#;
+
+fn lease_row(r: &Row) -> StoreResult<Lease> {
+    Ok(Lease {
+        holder: r.opt_text(0)?,
+        epoch: r.int(1)?,
+        expires_at: r.text(2)?,
+        now: r.text(3)?,
+    })
+}
+
+fn lease_needs_postgres() -> StoreError {
+    StoreError::Other("leadership needs a PostgreSQL state store (state: {url: \"postgres://...\"})".into())
+}
+
+impl Store {
+    /// Takes or renews the lease `name` for `node` for `ttl`, in one conditional
+    /// UPDATE: it succeeds when the lease has expired (by the database's clock, so the
+    /// nodes' clocks do not matter) or `node` holds it already; the epoch goes up by one
+    /// on a change of holder and stays on a renewal. `None`: another node holds it.
+    pub async fn acquire_lease(&self, name: &str, node: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        let (name, node) = (name.to_owned(), node.to_owned());
+        let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            tx.query_opt(
+                &format!(
+                    "UPDATE leases SET
+                         epoch = CASE WHEN holder IS NOT DISTINCT FROM $2 THEN epoch ELSE epoch + 1 END,
+                         holder = $2,
+                         expires_at = now() + $3::bigint * interval '1 microsecond'
+                     WHERE name = $1 AND (holder IS NOT DISTINCT FROM $2 OR expires_at <= now())
+                     RETURNING {LEASE_COLUMNS}"
+                ),
+                args![&name, &node, ttl_us],
+            )?
+            .map(|r| lease_row(&r))
+            .transpose()
+        })
+        .await
+    }
+
+    /// Gives the lease up (a clean shutdown): it expires now, so a standby need not wait
+    /// for it; its epoch stays. `false` when `node` did not hold it.
+    pub async fn release_lease(&self, name: &str, node: &str) -> StoreResult<bool> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        let (name, node) = (name.to_owned(), node.to_owned());
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE leases SET expires_at = now() WHERE name = $1 AND holder = $2 AND expires_at > now()",
+                args![&name, &node],
+            )? > 0)
+        })
+        .await
+    }
+
+    /// The lease as it stands, with the database's clock.
+    pub fn lease(&self, name: &str) -> StoreResult<Option<Lease>> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        let name = name.to_owned();
+        self.read(move |db| {
+            db.query_opt(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE name = $1"),
+                args![&name],
+            )?
+            .map(|r| lease_row(&r))
+            .transpose()
+        })
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(source: rusqlite::Error) -> Self {
         StoreError::Sqlite {

@@ -33,7 +33,8 @@ use super::{StoreError, StoreResult};
 const MIGRATION_LOCK: i64 = 0x6472_6f76_6572;
 
 /// The schema, one migration per version, applied in order.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE FUNCTION drover_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '%', TG_ARGV[0] USING ERRCODE = 'restrict_violation';
@@ -130,7 +131,17 @@ CREATE TABLE action_numbers (
     year BIGINT PRIMARY KEY,
     last BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE leases (
+    name       TEXT COLLATE "C" PRIMARY KEY,
+    holder     TEXT COLLATE "C",
+    epoch      BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+INSERT INTO leases (name, holder, epoch, expires_at) VALUES ('leader', NULL, 0, 'epoch');
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -478,3 +478,77 @@ fn postgres_errors_never_show_the_password() {
         .to_string();
     assert!(e.contains("unknown sslmode"), "{e}");
 }
+
+#[test]
+fn the_lease_is_taken_when_expired_or_own_and_its_epoch_moves_with_the_holder() {
+    let (store, _held) = postgres();
+    rt().block_on(async {
+        let long = Duration::from_secs(3600);
+        let before = store.lease("leader").unwrap().unwrap();
+        assert_eq!(
+            (before.holder.as_deref(), before.epoch, before.live()),
+            (None, 0, false)
+        );
+        // Nobody holds it: taken, epoch 1.
+        let a = store.acquire_lease("leader", "east", long).await.unwrap().unwrap();
+        assert_eq!((a.holder.as_deref(), a.epoch, a.live()), (Some("east"), 1, true));
+        // Held: another node is refused; the holder renews without a new epoch.
+        assert_eq!(store.acquire_lease("leader", "west", long).await.unwrap(), None);
+        let renewed = store.acquire_lease("leader", "east", long).await.unwrap().unwrap();
+        assert_eq!(renewed.epoch, 1);
+        assert!(renewed.expires_at >= a.expires_at);
+        // A lease of zero length has expired by the next statement (the database's
+        // clock): the other node takes it, with the next epoch, and the old holder can
+        // neither renew nor release it.
+        store
+            .acquire_lease("leader", "east", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = store.acquire_lease("leader", "west", long).await.unwrap().unwrap();
+        assert_eq!((b.holder.as_deref(), b.epoch), (Some("west"), 2));
+        assert_eq!(store.acquire_lease("leader", "east", long).await.unwrap(), None);
+        assert!(!store.release_lease("leader", "east").await.unwrap());
+        // Released: it ends now, and the next taker gets a new epoch at once.
+        assert!(store.release_lease("leader", "west").await.unwrap());
+        assert!(!store.lease("leader").unwrap().unwrap().live());
+        let c = store.acquire_lease("leader", "east", long).await.unwrap().unwrap();
+        assert_eq!((c.holder.as_deref(), c.epoch), (Some("east"), 3));
+    });
+}
+
+#[test]
+fn nodes_racing_for_the_lease_elect_exactly_one() {
+    let (pair, url) = postgres_url();
+    let _keep = pair;
+    let stores: Vec<Store> = (0..6).map(|_| Store::open_url(&url).unwrap()).collect();
+    let rt = rt();
+    let won = rt.block_on(async {
+        let tries = stores.iter().enumerate().map(|(i, s)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.acquire_lease("leader", &format!("node-{i}"), Duration::from_secs(3600))
+                    .await
+            })
+        });
+        let mut won = Vec::new();
+        for t in tries {
+            if let Some(l) = t.await.unwrap().unwrap() {
+                won.push(l);
+            }
+        }
+        won
+    });
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(won[0].epoch, 1);
+    assert_eq!(stores[0].lease("leader").unwrap().unwrap().holder, won[0].holder);
+}
+
+#[test]
+fn a_sqlite_store_has_no_lease() {
+    let (store, _held) = sqlite();
+    let e = rt()
+        .block_on(store.acquire_lease("leader", "east", Duration::from_secs(1)))
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a PostgreSQL state store"), "{e}");
+}
