@@ -3,11 +3,13 @@
 //! - **journal append latency**: `Journal::append` of a small record (a `checkpoint`),
 //!   one at a time, awaited (hash chain, redaction, the writer thread's commit: for
 //!   SQLite WAL with `synchronous=NORMAL`, for PostgreSQL a transaction on loopback
-//!   with the server's default `synchronous_commit=on`, i.e. an fsync of its WAL);
+//!   with `synchronous_commit=on`: an fsync of its WAL per commit, which the lab's
+//!   server (`fsync = off`, a lab) is switched to for the `fsync on` rows);
 //! - **a 100-step chain**: the released `drover drill chain --yes --format json` of 100
 //!   `exec.run` steps of `true`, each needing the one before (as in `benches/engine.rs`),
 //!   process start to exit, with `state.url` `sqlite://...` or `postgres://...` (a fresh
-//!   database each time, on a server of the lab: `PgPair::start_single`).
+//!   database each time, on a server of the lab: `PgPair::start_single`), with the
+//!   server's `fsync` on (as in production) and off (the lab's setting).
 //!
 //! ```text
 //! cargo build --release -p drover && cargo bench -p drover-benches --bench store
@@ -159,14 +161,33 @@ fn main() -> ExitCode {
         pair.primary_url().replace("/postgres?", &format!("/bench_{db}?"))
     };
 
+    let fsync = |on: bool| {
+        let v = if on { "on" } else { "off" };
+        pair.sql(Node::Primary, &format!("ALTER SYSTEM SET fsync = {v}"))
+            .expect("fsync");
+        pair.sql(Node::Primary, "SELECT pg_reload_conf()").expect("reload");
+        std::thread::sleep(Duration::from_millis(300));
+        let now = pair.sql(Node::Primary, "SHOW fsync").expect("show fsync");
+        assert_eq!(now, v, "fsync did not change");
+    };
+    const CASES: [(&str, Option<bool>); 3] = [
+        ("SQLite (WAL, synchronous=NORMAL)", None),
+        ("PostgreSQL, fsync on", Some(true)),
+        ("PostgreSQL, fsync off", Some(false)),
+    ];
+
     println!("journal append latency, {n} appends one at a time (ms)");
     println!("| backend | median | p90 | p99 | max | mean |");
     println!("|---|--:|--:|--:|--:|--:|");
     let tmp = tempfile::tempdir().expect("temp dir");
-    for (name, store) in [
-        ("SQLite", Store::open(&tmp.path().join("state.db")).expect("sqlite")),
-        ("PostgreSQL", Store::open_url(&fresh_db()).expect("postgres")),
-    ] {
+    for (name, pg) in CASES {
+        let store = match pg {
+            None => Store::open(&tmp.path().join("state.db")).expect("sqlite"),
+            Some(on) => {
+                fsync(on);
+                Store::open_url(&fresh_db()).expect("postgres")
+            }
+        };
         let v = sorted(appends(store, n));
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         println!(
@@ -179,19 +200,22 @@ fn main() -> ExitCode {
     }
 
     println!("\n100-step chain, {iterations} rounds after a warm-up (ms)");
-    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    for round in 0..=iterations {
-        for (i, t) in times.iter_mut().enumerate() {
-            let url = if i == 0 {
-                format!(
-                    "sqlite://{}/state.db",
-                    tempfile::tempdir().expect("tmp").keep().display()
-                )
-            } else {
-                fresh_db()
+    println!("| backend | median | min | max | / SQLite |");
+    println!("|---|--:|--:|--:|--:|");
+    let mut base = 0.0;
+    for (name, pg) in CASES {
+        if let Some(on) = pg {
+            fsync(on);
+        }
+        let mut times = Vec::new();
+        for round in 0..=iterations {
+            let dir = tempfile::tempdir().expect("tmp");
+            let url = match pg {
+                None => format!("sqlite://{}/state.db", dir.path().display()),
+                Some(_) => fresh_db(),
             };
             match drill(&bin, &url) {
-                Ok(d) if round > 0 => t.push(ms(d)),
+                Ok(d) if round > 0 => times.push(ms(d)),
                 Ok(_) => {}
                 Err(e) => {
                     eprintln!("{e}");
@@ -199,15 +223,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        let v = sorted(times);
+        let median = pct(&v, 0.5);
+        if pg.is_none() {
+            base = median;
+        }
+        println!(
+            "| {name} | {median:.1} | {:.1} | {:.1} | {:.2}x |",
+            v[0],
+            v[v.len() - 1],
+            median / base
+        );
     }
-    println!("| backend | median | min | max |");
-    println!("|---|--:|--:|--:|");
-    let mut medians = [0.0; 2];
-    for (i, name) in ["SQLite", "PostgreSQL"].iter().enumerate() {
-        let v = sorted(times[i].clone());
-        medians[i] = pct(&v, 0.5);
-        println!("| {name} | {:.1} | {:.1} | {:.1} |", medians[i], v[0], v[v.len() - 1]);
-    }
-    println!("\nPostgreSQL / SQLite (median): {:.2}x", medians[1] / medians[0]);
     ExitCode::SUCCESS
 }

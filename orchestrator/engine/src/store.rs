@@ -395,14 +395,12 @@ fn writer_loop(conn: &mut dyn Conn, ops: mpsc::Receiver<Op>) {
                         Err(_) => break,
                     }
                 }
-                let result = in_tx(conn, |tx| {
-                    for (run_id, seq, json, _) in &batch {
-                        if !broken.contains(run_id) {
-                            tx.execute(INSERT_RECORD, args![&**run_id, *seq as i64, json.as_str()])?;
-                        }
-                    }
-                    Ok(())
-                });
+                let rows: Vec<(&str, u64, &str)> = batch
+                    .iter()
+                    .filter(|(run_id, ..)| !broken.contains(run_id))
+                    .map(|(run_id, seq, json, _)| (&**run_id, *seq, json.as_str()))
+                    .collect();
+                let result = if rows.is_empty() { Ok(()) } else { conn.append(&rows) };
                 match result {
                     Ok(()) => {
                         for (run_id, seq, _, reply) in batch {
@@ -420,10 +418,7 @@ fn writer_loop(conn: &mut dyn Conn, ops: mpsc::Receiver<Op>) {
                             let r = if broken.contains(&run_id) {
                                 Err(refused(&run_id, Some(seq)))
                             } else {
-                                in_tx(conn, |tx| {
-                                    tx.execute(INSERT_RECORD, args![&*run_id, seq as i64, json.as_str()])
-                                        .map(drop)
-                                })
+                                conn.append(&[(&*run_id, seq, json.as_str())])
                             };
                             if r.is_err() {
                                 broken.insert(run_id);

@@ -505,6 +505,50 @@ impl Conn for PgConn {
         // A commit returns once PostgreSQL has flushed it (synchronous_commit).
         Ok(())
     }
+
+    /// One round trip: BEGIN, the inserts and COMMIT are pipelined (each with its own
+    /// Sync). After a failed insert the transaction is aborted, so the COMMIT rolls it
+    /// back: all of it is stored, or none.
+    fn append(&mut self, rows: &[(&str, u64, &str)]) -> StoreResult<()> {
+        self.ensure_open()?;
+        let begin = self.statement("BEGIN")?;
+        let insert = self.statement(super::INSERT_RECORD)?;
+        let commit = self.statement("COMMIT")?;
+        let args: Vec<[Arg<'_>; 3]> = rows
+            .iter()
+            .map(|(run, seq, json)| {
+                [
+                    Arg(Param::Text(run)),
+                    Arg(Param::Int(*seq as i64)),
+                    Arg(Param::Text(json)),
+                ]
+            })
+            .collect();
+        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = args
+            .iter()
+            .map(|a| a.iter().map(|x| x as &(dyn ToSql + Sync)).collect())
+            .collect();
+        let client = &self.client;
+        let results = self.rt.block_on(async {
+            let none: &[&(dyn ToSql + Sync)] = &[];
+            let mut calls = Vec::with_capacity(rows.len() + 2);
+            calls.push(client.execute(&begin, none));
+            for r in &refs {
+                calls.push(client.execute(&insert, r.as_slice()));
+            }
+            calls.push(client.execute(&commit, none));
+            futures_util::future::join_all(calls).await
+        });
+        match results.into_iter().find_map(Result::err) {
+            None => Ok(()),
+            Some(e) => {
+                if !self.client.is_closed() {
+                    let _ = self.batch("ROLLBACK");
+                }
+                Err(self.err(e))
+            }
+        }
+    }
 }
 
 /// Work for the reader thread.

@@ -135,6 +135,15 @@ pub(crate) trait Conn: Send {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Sql) -> StoreResult<()>) -> StoreResult<()>;
     /// Makes everything committed so far durable.
     fn sync(&mut self) -> StoreResult<()>;
+    /// Stores journal records (run, seq, record) in one transaction: all or none.
+    fn append(&mut self, rows: &[(&str, u64, &str)]) -> StoreResult<()> {
+        self.transaction(&mut |tx| {
+            for (run_id, seq, json) in rows {
+                tx.execute(super::INSERT_RECORD, args![*run_id, *seq as i64, *json])?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// [`Conn::transaction`] for a closure that returns a value.
