@@ -35,3 +35,4 @@ mod postgres;
 mod records;
 mod s3;
 mod safety;
+mod store;

@@ -16,13 +16,13 @@
 //! changed) and `action_events` (its closes, append-only); triggers refuse updates and
 //! deletes of both. Numbers are `CA-YYYY-NNNN`, counted per year like change numbers.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::journal::{Outcome, Phase, StepStatus};
 use crate::state::RunState;
 use crate::store::StoreResult;
+use crate::store::sql::{Row, Sql, args};
 use crate::view::secs;
 
 pub(crate) const SCHEMA: &str = r#"
@@ -415,7 +415,7 @@ pub fn proves_fixed(st: &RunState, a: &CorrectiveAction) -> Option<String> {
 /// Opens the actions of a finished run that did not pass, or closes those a passing run
 /// proves fixed; in the transaction that stores the run's end. Idempotent: a finding
 /// already opened, or an action already closed, is left as it is.
-pub(crate) fn record(tx: &Transaction<'_>, st: &RunState) -> StoreResult<()> {
+pub(crate) fn record(tx: &mut dyn Sql, st: &RunState) -> StoreResult<()> {
     let Some(fin) = &st.finished else {
         return Ok(());
     };
@@ -432,8 +432,8 @@ pub(crate) fn record(tx: &Transaction<'_>, st: &RunState) -> StoreResult<()> {
         for a in open {
             if let Some(note) = proves_fixed(st, &a) {
                 tx.execute(
-                    "INSERT INTO action_events (action_id, at, event, by, run_id, note) VALUES (?1, ?2, 'closed', ?3, ?4, ?5)",
-                    params![a.id, at, BY_DROVER, st.id, note],
+                    r#"INSERT INTO action_events (action_id, at, event, "by", run_id, note) VALUES ($1, $2, 'closed', $3, $4, $5)"#,
+                    args![&a.id, &at, BY_DROVER, &st.id, &note],
                 )?;
             }
         }
@@ -441,22 +441,23 @@ pub(crate) fn record(tx: &Transaction<'_>, st: &RunState) -> StoreResult<()> {
     }
     let year: i64 = at.get(..4).and_then(|y| y.parse().ok()).unwrap_or(1970);
     for f in findings(st) {
-        let known: bool = tx
-            .query_row(
-                "SELECT COUNT(*) FROM actions WHERE run_id = ?1 AND finding = ?2",
-                params![st.id, f.key],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)?;
+        let known = tx
+            .query_one(
+                "SELECT COUNT(*) FROM actions WHERE run_id = $1 AND finding = $2",
+                args![&st.id, &f.key],
+            )?
+            .int(0)?
+            > 0;
         if known {
             continue;
         }
-        let n: i64 = tx.query_row(
-            "INSERT INTO action_numbers (year, last) VALUES (?1, 1)
-             ON CONFLICT (year) DO UPDATE SET last = last + 1 RETURNING last",
-            [year],
-            |r| r.get(0),
-        )?;
+        let n = tx
+            .query_one(
+                "INSERT INTO action_numbers (year, last) VALUES ($1, 1)
+                 ON CONFLICT (year) DO UPDATE SET last = action_numbers.last + 1 RETURNING last",
+                args![year],
+            )?
+            .int(0)?;
         let mut detail = f.detail.clone();
         if let Some(o) = detail.as_object_mut() {
             o.insert("mode".into(), json!(st.mode.map(|m| m.as_str())));
@@ -464,19 +465,19 @@ pub(crate) fn record(tx: &Transaction<'_>, st: &RunState) -> StoreResult<()> {
         }
         tx.execute(
             "INSERT INTO actions (id, run_id, finding, runbook, service, kind, ci, owner, summary, detail, opened_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                format!("CA-{year}-{n:04}"),
-                st.id,
-                f.key,
-                st.runbook,
-                st.service,
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            args![
+                &format!("CA-{year}-{n:04}"),
+                &st.id,
+                &f.key,
+                &st.runbook,
+                &st.service,
                 f.kind,
-                f.ci,
-                f.owner,
-                f.summary,
-                detail.to_string(),
-                at
+                &f.ci,
+                &f.owner,
+                &f.summary,
+                &detail.to_string(),
+                &at
             ],
         )?;
     }
@@ -485,7 +486,7 @@ pub(crate) fn record(tx: &Transaction<'_>, st: &RunState) -> StoreResult<()> {
 
 /// Closes an action by hand: who and why, in its append-only history.
 pub(crate) fn close(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Sql,
     id: &str,
     by: &str,
     note: &str,
@@ -498,46 +499,49 @@ pub(crate) fn close(
         return Ok(Err(CloseRefusal::AlreadyClosed(Box::new(a))));
     }
     tx.execute(
-        "INSERT INTO action_events (action_id, at, event, by, run_id, note) VALUES (?1, ?2, 'closed', ?3, NULL, ?4)",
-        params![id, at, by, note],
+        r#"INSERT INTO action_events (action_id, at, event, "by", run_id, note) VALUES ($1, $2, 'closed', $3, NULL, $4)"#,
+        args![id, at, by, note],
     )?;
     Ok(get(tx, id)?.map(Ok).unwrap_or(Err(CloseRefusal::NotFound)))
 }
 
 const COLUMNS: &str = "id, run_id, finding, runbook, service, kind, ci, owner, summary, detail, opened_at";
 
-fn events(conn: &Connection, id: &str) -> rusqlite::Result<Vec<ActionEvent>> {
-    let mut st =
-        conn.prepare_cached("SELECT at, event, by, run_id, note FROM action_events WHERE action_id = ?1 ORDER BY id")?;
-    let rows = st.query_map([id], |r| {
+fn events(db: &mut dyn Sql, id: &str) -> StoreResult<Vec<ActionEvent>> {
+    db.query(
+        r#"SELECT at, event, "by", run_id, note FROM action_events WHERE action_id = $1 ORDER BY id"#,
+        args![id],
+    )?
+    .iter()
+    .map(|r| {
         Ok(ActionEvent {
-            at: r.get(0)?,
-            event: r.get(1)?,
-            by: r.get(2)?,
-            run: r.get(3)?,
-            note: r.get(4)?,
+            at: r.text(0)?,
+            event: r.text(1)?,
+            by: r.text(2)?,
+            run: r.opt_text(3)?,
+            note: r.opt_text(4)?,
         })
-    })?;
-    rows.collect()
+    })
+    .collect()
 }
 
-fn from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<CorrectiveAction> {
-    let id: String = r.get(0)?;
-    let detail: String = r.get(9)?;
-    let events = events(conn, &id)?;
+fn from_row(db: &mut dyn Sql, r: &Row) -> StoreResult<CorrectiveAction> {
+    let id = r.text(0)?;
+    let detail = r.text(9)?;
+    let events = events(db, &id)?;
     let closed = events.iter().rev().find(|e| e.event == "closed").cloned();
     Ok(CorrectiveAction {
         state: if closed.is_some() { "closed" } else { "open" },
-        run: r.get(1)?,
-        finding: r.get(2)?,
-        runbook: r.get(3)?,
-        service: r.get(4)?,
-        kind: r.get(5)?,
-        ci: r.get(6)?,
-        owner: r.get(7)?,
-        summary: r.get(8)?,
+        run: r.text(1)?,
+        finding: r.text(2)?,
+        runbook: r.text(3)?,
+        service: r.text(4)?,
+        kind: r.text(5)?,
+        ci: r.opt_text(6)?,
+        owner: r.opt_text(7)?,
+        summary: r.text(8)?,
         detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-        opened_at: r.get(10)?,
+        opened_at: r.text(10)?,
         closed,
         events,
         id,
@@ -545,23 +549,32 @@ fn from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Correc
 }
 
 /// One action.
-pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<Option<CorrectiveAction>> {
-    Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM actions WHERE id = ?1"), [id], |r| {
-            from_row(conn, r)
-        })
-        .optional()?)
+pub(crate) fn get(db: &mut dyn Sql, id: &str) -> StoreResult<Option<CorrectiveAction>> {
+    match db.query_opt(&format!("SELECT {COLUMNS} FROM actions WHERE id = $1"), args![id])? {
+        Some(r) => from_row(db, &r).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Actions, oldest first.
-pub(crate) fn list(conn: &Connection, f: &ActionFilter) -> StoreResult<Vec<CorrectiveAction>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM actions
-         WHERE (?1 IS NULL OR service = ?1 OR ci = ?1) AND (?2 IS NULL OR runbook = ?2)
-           AND (?3 IS NULL OR run_id = ?3 OR id IN (SELECT action_id FROM action_events WHERE run_id = ?3))
-         ORDER BY opened_at, id"
-    ))?;
-    let rows = st.query_map(params![f.service, f.runbook, f.run], |r| from_row(conn, r))?;
-    let all: Vec<CorrectiveAction> = rows.collect::<Result<_, _>>()?;
-    Ok(all.into_iter().filter(|a| !f.open_only || a.is_open()).collect())
+pub(crate) fn list(db: &mut dyn Sql, f: &ActionFilter) -> StoreResult<Vec<CorrectiveAction>> {
+    let rows = db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM actions
+             WHERE (CAST($1 AS TEXT) IS NULL OR service = CAST($1 AS TEXT) OR ci = CAST($1 AS TEXT))
+               AND (CAST($2 AS TEXT) IS NULL OR runbook = CAST($2 AS TEXT))
+               AND (CAST($3 AS TEXT) IS NULL OR run_id = CAST($3 AS TEXT)
+                    OR id IN (SELECT action_id FROM action_events WHERE run_id = CAST($3 AS TEXT)))
+             ORDER BY opened_at, id"
+        ),
+        args![&f.service, &f.runbook, &f.run],
+    )?;
+    let mut all = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let a = from_row(db, r)?;
+        if !f.open_only || a.is_open() {
+            all.push(a);
+        }
+    }
+    Ok(all)
 }

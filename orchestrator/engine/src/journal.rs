@@ -583,7 +583,7 @@ impl Journal {
     pub async fn commit<T: Clone + Send + 'static>(
         &self,
         build: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
-        then: impl FnOnce(&rusqlite::Transaction<'_>, &T) -> Result<(), StoreError> + Send + 'static,
+        then: impl FnOnce(&mut dyn crate::store::Sql, &T) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(T, Vec<Record>), StoreError> {
         let (value, records, rx) = {
             let mut tip = self.tip();

@@ -1,32 +1,47 @@
-//! The state store: runs, their append-only journals and the per-service locks, in an
-//! embedded SQLite file (WAL mode).
+//! The state store: runs, their append-only journals, the per-service locks, change
+//! numbers, the audit log, schedule firings and corrective actions. Two backends behind
+//! one [`Store`]: an embedded SQLite file (WAL mode, the default: `sqlite://PATH`) and
+//! PostgreSQL (`postgres://...`, [`pg`]), chosen by the `state.url` scheme. The logic
+//! (admission, numbering, the finish, corrective actions) is written once against
+//! [`Sql`]; only the schema and a few spellings are per backend.
 //!
 //! **One writer thread.** Every write (a journal append, the creation of a run, its
 //! finish, an acknowledgement) runs on a dedicated thread that owns the write
 //! connection, so no commit or fsync ever blocks an async worker thread: the engine
 //! sends the write and awaits its reply. Appends that queue up while a commit is under
 //! way (parallel steps) are committed together in one transaction (group commit), each
-//! still acknowledged only once it is committed. Reads use a second connection; in WAL
-//! mode they never wait for the writer.
+//! still acknowledged only once it is committed. Reads use a second connection (SQLite:
+//! in WAL mode they never wait for the writer; PostgreSQL: on a reader thread of its
+//! own, the caller blocking on the reply as a SQLite read blocks on the disk).
 //!
 //! Durability: every journal record is committed before the engine goes on (before and
 //! after each side effect). With `synchronous=NORMAL` in WAL mode a commit is in the
 //! operating system's hands when `append` returns, so a kill -9 of drover loses nothing
 //! already appended; [`Store::sync`] (a full WAL checkpoint, fsynced) puts a finished
 //! run on disk before its outcome is reported. That keeps a step's bookkeeping to two
-//! small commits without an fsync each (see docs/RELIABILITY.md).
+//! small commits without an fsync each (see docs/RELIABILITY.md). A PostgreSQL commit
+//! is durable when it returns (`synchronous_commit`).
 //!
 //! The run lifecycle is atomic: [`Store::create_run`] checks the service lock and
 //! anti-flap, takes the change number, inserts the run row, locks the service and
-//! stores the first journal record in one transaction; [`Store::finish`] stores the
-//! last records with the finish of the row and the release (or keeping) of the lock.
+//! stores the first journal record in one transaction; [`Journal::commit`]
+//! (`crate::journal`) stores the last records with the finish of the row and the
+//! release (or keeping) of the lock.
+//!
+//! [`Journal::commit`]: crate::journal::Journal::commit
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::Connection;
+
+mod pg;
+pub mod sql;
+
+pub use sql::{Backend, Param, Row, Sql, Value};
+use sql::{Conn, SqliteConn, SqliteSql, args, in_tx};
 
 /// A state-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -37,16 +52,42 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("state store {target}: {}", pg_message(source))]
+    Postgres {
+        /// `postgres://USER@HOST:PORT/DB`: never the password.
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("state store: {0}")]
     Other(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A PostgreSQL error with the server's message (tokio-postgres alone says "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+impl StoreError {
+    /// The SQLSTATE of a PostgreSQL error (`P0001`, `23505`...), for tests and callers
+    /// that tell refusals apart.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            StoreError::Postgres { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
 /// Records an acknowledgement of a run: its time, and the release of its service.
-pub fn acknowledge_row(tx: &Transaction<'_>, run_id: &str, acked_at: &str) -> StoreResult<()> {
-    tx.execute("UPDATE runs SET acked_at = ?2 WHERE id = ?1", params![run_id, acked_at])?;
-    tx.execute("DELETE FROM service_locks WHERE run_id = ?1", [run_id])?;
+pub fn acknowledge_row(tx: &mut dyn Sql, run_id: &str, acked_at: &str) -> StoreResult<()> {
+    tx.execute("UPDATE runs SET acked_at = $2 WHERE id = $1", args![run_id, acked_at])?;
+    tx.execute("DELETE FROM service_locks WHERE run_id = $1", args![run_id])?;
     Ok(())
 }
 
@@ -186,7 +227,9 @@ pub struct Firing {
 /// Columns added after the first release, with their types: added on open when missing.
 const ADDED_COLUMNS: &[(&str, &str)] = &[("change_number", "TEXT"), ("acked_at", "TEXT")];
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+const INSERT_RECORD: &str = "INSERT INTO journal (run_id, seq, record) VALUES ($1, $2, $3)";
+
+type Job = Box<dyn FnOnce(&mut dyn Conn) + Send>;
 
 enum Op {
     /// One journal record; committed with the appends queued behind it.
@@ -208,16 +251,27 @@ enum Op {
 }
 
 /// What a [`Op::Commit`] writes beside its records.
-pub(crate) type Then = Box<dyn FnOnce(&Transaction<'_>) -> StoreResult<()> + Send>;
+pub(crate) type Then = Box<dyn FnOnce(&mut dyn Sql) -> StoreResult<()> + Send>;
+
+/// Where reads go.
+enum Reader {
+    /// A second connection, never used for writes; in WAL mode it never waits for the
+    /// writer.
+    Sqlite(Mutex<Connection>),
+    /// The reader thread's connection.
+    Postgres(Mutex<mpsc::Sender<pg::ReadJob>>),
+}
 
 struct Inner {
+    /// The SQLite file, or the PostgreSQL store's name (`postgres://USER@HOST:PORT/DB`).
     path: PathBuf,
-    /// For reads; never used for writes.
-    read: Mutex<Connection>,
+    /// Where the run locks live (`runs/RUN.lock`).
+    dir: PathBuf,
+    reader: Reader,
     writer: Mutex<mpsc::Sender<Op>>,
 }
 
-/// The SQLite state store. Cheap to clone.
+/// The state store (SQLite or PostgreSQL). Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -277,9 +331,16 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The writer thread: runs jobs in order; commits queued appends together.
-fn writer_loop(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
-    let err = sqlite_err(&path);
+fn refused(run_id: &str, seq: Option<u64>) -> StoreError {
+    StoreError::Other(match seq {
+        Some(seq) => format!("run {run_id}: record {seq} refused: an earlier record of this run was not stored"),
+        None => format!("run {run_id}: refused: an earlier record of this run was not stored"),
+    })
+}
+
+/// The writer thread (either backend): runs jobs in order; commits queued appends
+/// together.
+fn writer_loop(conn: &mut dyn Conn, ops: mpsc::Receiver<Op>) {
     // Runs whose append failed: later records would not chain, so they are refused.
     let mut broken: HashSet<Arc<str>> = HashSet::new();
     let mut pending: Option<Op> = None;
@@ -292,7 +353,7 @@ fn writer_loop(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
             },
         };
         match op {
-            Op::Job(job) => job(&mut conn),
+            Op::Job(job) => job(conn),
             Op::Commit {
                 run_id,
                 rows,
@@ -300,11 +361,9 @@ fn writer_loop(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
                 reply,
             } => {
                 let r = if broken.contains(&run_id) {
-                    Err(StoreError::Other(format!(
-                        "run {run_id}: refused: an earlier record of this run was not stored"
-                    )))
+                    Err(refused(&run_id, None))
                 } else {
-                    in_transaction(&mut conn, &path, |tx| {
+                    in_tx(conn, |tx| {
                         insert_records(tx, &run_id, &rows)?;
                         then(tx)
                     })
@@ -336,26 +395,17 @@ fn writer_loop(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
                         Err(_) => break,
                     }
                 }
-                let result = (|| -> rusqlite::Result<()> {
-                    let tx = conn.transaction()?;
-                    {
-                        let mut st =
-                            tx.prepare_cached("INSERT INTO journal (run_id, seq, record) VALUES (?1, ?2, ?3)")?;
-                        for (run_id, seq, json, _) in &batch {
-                            if !broken.contains(run_id) {
-                                st.execute(params![&**run_id, *seq as i64, json])?;
-                            }
-                        }
-                    }
-                    tx.commit()
-                })();
+                let rows: Vec<(&str, u64, &str)> = batch
+                    .iter()
+                    .filter(|(run_id, ..)| !broken.contains(run_id))
+                    .map(|(run_id, seq, json, _)| (&**run_id, *seq, json.as_str()))
+                    .collect();
+                let result = if rows.is_empty() { Ok(()) } else { conn.append(&rows) };
                 match result {
                     Ok(()) => {
                         for (run_id, seq, _, reply) in batch {
                             let r = if broken.contains(&run_id) {
-                                Err(StoreError::Other(format!(
-                                    "run {run_id}: record {seq} refused: an earlier record of this run was not stored"
-                                )))
+                                Err(refused(&run_id, Some(seq)))
                             } else {
                                 Ok(())
                             };
@@ -366,14 +416,9 @@ fn writer_loop(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
                         // Find the failing record: one transaction each.
                         for (run_id, seq, json, reply) in batch {
                             let r = if broken.contains(&run_id) {
-                                Err(StoreError::Other(format!(
-                                    "run {run_id}: record {seq} refused: an earlier record of this run was not stored"
-                                )))
+                                Err(refused(&run_id, Some(seq)))
                             } else {
-                                conn.prepare_cached("INSERT INTO journal (run_id, seq, record) VALUES (?1, ?2, ?3)")
-                                    .and_then(|mut st| st.execute(params![&*run_id, seq as i64, json]))
-                                    .map(drop)
-                                    .map_err(&err)
+                                conn.append(&[(&*run_id, seq, json.as_str())])
                             };
                             if r.is_err() {
                                 broken.insert(run_id);
@@ -384,7 +429,7 @@ fn writer_loop(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
                     Err(e) => {
                         let (run_id, _, _, reply) = batch.pop().expect("one append");
                         broken.insert(run_id);
-                        let _ = reply.send(Err(err(e)));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -393,18 +438,17 @@ fn writer_loop(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store named by a `state.url`.
+    /// Opens (creating if needed) the store named by a `state.url`: `sqlite://PATH` or
+    /// `postgres://...` (`postgresql://...`).
     pub fn open_url(url: &str) -> StoreResult<Store> {
         match url.strip_prefix("sqlite://") {
             Some(path) => Store::open(Path::new(path)),
-            None if url.starts_with("postgres://") || url.starts_with("postgresql://") => Err(StoreError::Other(
-                "a PostgreSQL state store is not supported by this build yet; use sqlite://PATH".into(),
-            )),
+            None if url.starts_with("postgres://") || url.starts_with("postgresql://") => Store::open_postgres(url),
             None => Err(StoreError::Other(format!("unsupported state url `{url}`"))),
         }
     }
 
-    /// Opens (creating if needed) the SQLite file at `path`.
+    /// Opens the SQLite file at `path`, creating it (and its folder) if needed.
     pub fn open(path: &Path) -> StoreResult<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -423,37 +467,94 @@ impl Store {
         }
         let read = connect(path)?;
         let (tx, rx) = mpsc::channel();
-        let thread_path = path.to_path_buf();
+        let mut conn = SqliteConn {
+            conn: write,
+            path: path.to_path_buf(),
+        };
         std::thread::Builder::new()
             .name("drover-store-writer".into())
-            .spawn(move || writer_loop(write, thread_path, rx))
+            .spawn(move || writer_loop(&mut conn, rx))
             .map_err(|e| StoreError::Other(format!("cannot start the store's writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                read: Mutex::new(read),
+                dir: drover_model::paths::folder_of(path),
+                reader: Reader::Sqlite(Mutex::new(read)),
                 writer: Mutex::new(tx),
             }),
         })
     }
 
+    /// Opens a PostgreSQL store: connects (a writer and a reader connection, each on a
+    /// thread of its own) and creates or migrates the schema.
+    pub fn open_postgres(url: &str) -> StoreResult<Store> {
+        let target = pg::PgTarget::parse(url)?;
+        let label = target.label.clone();
+        let writer = pg::spawn(
+            "drover-store-writer",
+            target.clone(),
+            pg::PgConn::migrate,
+            |mut conn, rx| writer_loop(&mut conn, rx),
+        )?;
+        let reader = pg::spawn("drover-store-reader", target, |_| Ok(()), pg::reader_loop)?;
+        // Run locks are a live process's OS locks: on this machine, one folder per store.
+        let digest = crate::evidence::sha256_hex(label.as_bytes());
+        let dir = std::env::temp_dir().join(format!("drover-state-{}", &digest[..16]));
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: PathBuf::from(label),
+                dir,
+                reader: Reader::Postgres(Mutex::new(reader)),
+                writer: Mutex::new(writer),
+            }),
+        })
+    }
+
+    /// The SQLite file, or for PostgreSQL the store's name (`postgres://USER@HOST:PORT/DB`,
+    /// never the password).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
-    /// The folder holding the database (run locks live beside it).
+    /// The folder where the run locks live: beside the SQLite file; for PostgreSQL a
+    /// folder of this machine's temporary directory, one per store.
     pub fn dir(&self) -> PathBuf {
-        drover_model::paths::folder_of(&self.inner.path)
+        self.inner.dir.clone()
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.inner.read.lock().unwrap_or_else(|p| p.into_inner())
+    /// Which database holds the store.
+    pub fn backend(&self) -> Backend {
+        match self.inner.reader {
+            Reader::Sqlite(_) => Backend::Sqlite,
+            Reader::Postgres(_) => Backend::Postgres,
+        }
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.inner.path.clone(),
-            source,
+    /// Runs `f` on the read connection and waits for it (for PostgreSQL, on the reader
+    /// thread: the caller blocks as a SQLite read blocks on the disk).
+    pub fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        match &self.inner.reader {
+            Reader::Sqlite(conn) => {
+                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut SqliteSql {
+                    conn: &conn,
+                    path: &self.inner.path,
+                })
+            }
+            Reader::Postgres(jobs) => {
+                let (tx, rx) = mpsc::channel();
+                jobs.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(Box::new(move |conn: &mut pg::PgConn| {
+                        let _ = tx.send(f(conn));
+                    }))
+                    .map_err(|_| StoreError::Other("the store's reader thread has stopped".into()))?;
+                rx.recv()
+                    .map_err(|_| StoreError::Other("the store's reader thread has stopped".into()))?
+            }
         }
     }
 
@@ -469,12 +570,11 @@ impl Store {
     /// Runs `f` in a transaction on the writer thread and awaits its result.
     pub async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+        f: impl FnOnce(&mut dyn Sql) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let path = self.inner.path.clone();
         self.send(Op::Job(Box::new(move |conn| {
-            let _ = tx.send(in_transaction(conn, &path, f));
+            let _ = tx.send(in_tx(conn, f));
         })))?;
         rx.await
             .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
@@ -557,41 +657,49 @@ impl Store {
                     return Ok(Err(Refusal::AntiFlap(last, age)));
                 }
             }
+            // Before a change number is taken: a refused start leaves no gap in them.
+            if tx
+                .query_opt("SELECT 1 FROM runs WHERE id = $1", args![&row.id])?
+                .is_some()
+            {
+                return Ok(Err(Refusal::IdInUse));
+            }
             let year: i64 = row.started_at.get(..4).and_then(|y| y.parse().ok()).unwrap_or(1970);
-            let n: i64 = tx.query_row(
-                "INSERT INTO change_numbers (year, last) VALUES (?1, 1)
-                 ON CONFLICT (year) DO UPDATE SET last = last + 1 RETURNING last",
-                [year],
-                |r| r.get(0),
-            )?;
+            let n = tx
+                .query_one(
+                    "INSERT INTO change_numbers (year, last) VALUES ($1, 1)
+                     ON CONFLICT (year) DO UPDATE SET last = change_numbers.last + 1 RETURNING last",
+                    args![year],
+                )?
+                .int(0)?;
             let number = format!("CHG-{year}-{n:04}");
             let inserted = tx.execute(
                 "INSERT INTO runs (id, runbook, service, mode, state, outcome, started_at, finished_at, change_number)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
-                params![
-                    row.id,
-                    row.runbook,
-                    row.service,
-                    row.mode,
-                    row.state,
-                    row.outcome,
-                    row.started_at,
-                    row.finished_at,
-                    number
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                args![
+                    &row.id,
+                    &row.runbook,
+                    &row.service,
+                    &row.mode,
+                    &row.state,
+                    &row.outcome,
+                    &row.started_at,
+                    &row.finished_at,
+                    &number
                 ],
             )?;
             if inserted == 0 {
                 return Ok(Err(Refusal::IdInUse));
             }
             tx.execute(
-                "INSERT INTO service_locks (service, run_id) VALUES (?1, ?2)
+                "INSERT INTO service_locks (service, run_id) VALUES ($1, $2)
                  ON CONFLICT (service) DO UPDATE SET run_id = excluded.run_id",
-                params![row.service, row.id],
+                args![&row.service, &row.id],
             )?;
             let json = first_record(&number)?;
             tx.execute(
-                "INSERT INTO journal (run_id, seq, record) VALUES (?1, 0, ?2)",
-                params![row.id, json],
+                "INSERT INTO journal (run_id, seq, record) VALUES ($1, 0, $2)",
+                args![&row.id, &json],
             )?;
             Ok(Ok((number, json)))
         })
@@ -607,12 +715,12 @@ impl Store {
             .await
     }
 
-    /// Makes everything committed so far durable on disk (a full, fsynced checkpoint).
+    /// Makes everything committed so far durable on disk (for SQLite a full, fsynced
+    /// checkpoint; a PostgreSQL commit is durable when it returns).
     pub async fn sync(&self) -> StoreResult<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let path = self.inner.path.clone();
         self.send(Op::Job(Box::new(move |conn| {
-            let _ = tx.send(checkpoint(conn, &path));
+            let _ = tx.send(conn.sync());
         })))?;
         rx.await
             .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
@@ -622,8 +730,8 @@ impl Store {
     pub async fn audit(&self, e: AuditEntry) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO audit (at, who, role, action, decision, status, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![e.at, e.who, e.role, e.action, e.decision, e.status, e.detail],
+                "INSERT INTO audit (at, who, role, action, decision, status, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![&e.at, &e.who, &e.role, &e.action, &e.decision, e.status, &e.detail],
             )?;
             Ok(())
         })
@@ -632,32 +740,33 @@ impl Store {
 
     /// The newest audit entries, newest first.
     pub fn audit_log(&self, limit: usize) -> StoreResult<Vec<AuditEntry>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT at, who, role, action, decision, status, detail FROM audit ORDER BY id DESC LIMIT ?1")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([limit as i64], |r| {
+        self.read(move |db| {
+            db.query(
+                "SELECT at, who, role, action, decision, status, detail FROM audit ORDER BY id DESC LIMIT $1",
+                args![limit as i64],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(AuditEntry {
-                    at: r.get(0)?,
-                    who: r.get(1)?,
-                    role: r.get(2)?,
-                    action: r.get(3)?,
-                    decision: r.get(4)?,
-                    status: r.get(5)?,
-                    detail: r.get(6)?,
+                    at: r.text(0)?,
+                    who: r.text(1)?,
+                    role: r.opt_text(2)?,
+                    action: r.text(3)?,
+                    decision: r.text(4)?,
+                    status: u16::try_from(r.int(5)?).unwrap_or(0),
+                    detail: r.opt_text(6)?,
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+            .collect()
+        })
     }
 
     /// Records a schedule's firing.
     pub async fn record_firing(&self, f: Firing) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO schedule_firings (schedule, at, outcome, run_id, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![f.schedule, f.at, f.outcome, f.run_id, f.reason],
+                "INSERT INTO schedule_firings (schedule, at, outcome, run_id, reason) VALUES ($1, $2, $3, $4, $5)",
+                args![&f.schedule, &f.at, &f.outcome, &f.run_id, &f.reason],
             )?;
             Ok(())
         })
@@ -666,35 +775,37 @@ impl Store {
 
     /// A schedule's newest firings, newest first.
     pub fn firings(&self, schedule: &str, limit: usize) -> StoreResult<Vec<Firing>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
-                "SELECT schedule, at, outcome, run_id, reason FROM schedule_firings WHERE schedule = ?1
-                 ORDER BY id DESC LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![schedule, limit as i64], |r| {
+        let schedule = schedule.to_owned();
+        self.read(move |db| {
+            db.query(
+                "SELECT schedule, at, outcome, run_id, reason FROM schedule_firings WHERE schedule = $1
+                 ORDER BY id DESC LIMIT $2",
+                args![&schedule, limit as i64],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(Firing {
-                    schedule: r.get(0)?,
-                    at: r.get(1)?,
-                    outcome: r.get(2)?,
-                    run_id: r.get(3)?,
-                    reason: r.get(4)?,
+                    schedule: r.text(0)?,
+                    at: r.text(1)?,
+                    outcome: r.text(2)?,
+                    run_id: r.opt_text(3)?,
+                    reason: r.opt_text(4)?,
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+            .collect()
+        })
     }
 
     /// Corrective actions, oldest first.
     pub fn actions(&self, filter: &crate::actions::ActionFilter) -> StoreResult<Vec<crate::actions::CorrectiveAction>> {
-        crate::actions::list(&self.conn(), filter).map_err(|e| self.with_path(e))
+        let filter = filter.clone();
+        self.read(move |db| crate::actions::list(db, &filter))
     }
 
     /// One corrective action.
     pub fn action(&self, id: &str) -> StoreResult<Option<crate::actions::CorrectiveAction>> {
-        crate::actions::get(&self.conn(), id).map_err(|e| self.with_path(e))
+        let id = id.to_owned();
+        self.read(move |db| crate::actions::get(db, &id))
     }
 
     /// Closes a corrective action by hand (`drover actions close`, the API): who, when
@@ -717,111 +828,183 @@ impl Store {
         self.write(move |tx| crate::actions::record(tx, &state)).await
     }
 
-    fn with_path(&self, e: StoreError) -> StoreError {
-        match e {
-            StoreError::Sqlite { path, source } if path.as_os_str().is_empty() => self.err(source),
-            e => e,
-        }
-    }
-
     /// Every record of a run, in order.
     pub fn records(&self, run_id: &str) -> StoreResult<Vec<StoredRecord>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare_cached("SELECT seq, record FROM journal WHERE run_id = ?1 ORDER BY seq")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([run_id], |r| {
+        let run_id = run_id.to_owned();
+        self.read(move |db| {
+            db.query(
+                "SELECT seq, record FROM journal WHERE run_id = $1 ORDER BY seq",
+                args![&run_id],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(StoredRecord {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    json: r.get(1)?,
+                    seq: r.int(0)? as u64,
+                    json: r.text(1)?,
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+            .collect()
+        })
     }
 
     /// The run holding `service`'s lock, if any.
     pub fn service_holder(&self, service: &str) -> StoreResult<Option<String>> {
-        self.conn()
-            .query_row("SELECT run_id FROM service_locks WHERE service = ?1", [service], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.err(e))
+        let service = service.to_owned();
+        self.read(move |db| {
+            db.query_opt("SELECT run_id FROM service_locks WHERE service = $1", args![&service])?
+                .map(|r| r.text(0))
+                .transpose()
+        })
     }
 
     /// A run's row.
     pub fn run(&self, run_id: &str) -> StoreResult<Option<RunRow>> {
-        self.conn()
-            .query_row(&format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"), [run_id], row)
-            .optional()
-            .map_err(|e| self.err(e))
+        let run_id = run_id.to_owned();
+        self.read(move |db| {
+            db.query_opt(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"), args![&run_id])?
+                .map(|r| row(&r))
+                .transpose()
+        })
     }
 
     /// Runs, newest first.
     pub fn runs(&self, limit: usize) -> StoreResult<Vec<RunRow>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM runs ORDER BY started_at DESC, id DESC LIMIT ?1"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = st.query_map([limit as i64], row).map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        self.read(move |db| {
+            db.query(
+                &format!("SELECT {COLUMNS} FROM runs ORDER BY started_at DESC, id DESC LIMIT $1"),
+                args![limit as i64],
+            )?
+            .iter()
+            .map(row)
+            .collect()
+        })
     }
 
     /// Runs whose id starts with `prefix` (for short ids on the command line).
     pub fn runs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<RunRow>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM runs WHERE substr(id, 1, ?2) = ?1 ORDER BY id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![prefix, prefix.chars().count() as i64], row)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        let prefix = prefix.to_owned();
+        self.read(move |db| {
+            db.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM runs WHERE substr(id, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT) ORDER BY id"
+                ),
+                args![&prefix],
+            )?
+            .iter()
+            .map(row)
+            .collect()
+        })
     }
 
     /// Every run id, in order (for "did you mean" on a mistyped id).
     pub fn run_ids(&self) -> StoreResult<Vec<String>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT id FROM runs ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        self.read(|db| {
+            db.query("SELECT id FROM runs ORDER BY id", &[])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect()
+        })
     }
 }
 
-fn in_transaction<T>(
-    conn: &mut Connection,
-    path: &Path,
-    f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
-) -> StoreResult<T> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sqlite_err(path))?;
-    // Errors converted with `?` inside `f` do not know the path: give it to them.
-    let out = f(&tx).map_err(|e| match e {
-        StoreError::Sqlite { path: p, source } if p.as_os_str().is_empty() => StoreError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        },
-        e => e,
-    })?;
-    tx.commit().map_err(sqlite_err(path))?;
-    Ok(out)
+/// The leadership lease as the store holds it (PostgreSQL only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The node holding it; `None` before anyone took it.
+    pub holder: Option<String>,
+    /// Incremented at every change of holder: the fencing token.
+    pub epoch: i64,
+    /// When it ends, by the database's clock (RFC 3339, UTC).
+    pub expires_at: String,
+    /// The database's clock when this was read.
+    pub now: String,
 }
 
-fn checkpoint(conn: &mut Connection, path: &Path) -> StoreResult<()> {
-    let err = sqlite_err(path);
-    conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
-    let r = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()));
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
-    r.map_err(&err)
+impl Lease {
+    /// Whether it was in force when read (by the database's clock).
+    pub fn live(&self) -> bool {
+        self.holder.is_some() && self.expires_at > self.now
+    }
+}
+
+/// The lease's times as RFC 3339 text in UTC, with microseconds (sortable as text).
+const LEASE_COLUMNS: &str = r#"holder, epoch,
+    to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#;
+
+fn lease_row(r: &Row) -> StoreResult<Lease> {
+    Ok(Lease {
+        holder: r.opt_text(0)?,
+        epoch: r.int(1)?,
+        expires_at: r.text(2)?,
+        now: r.text(3)?,
+    })
+}
+
+fn lease_needs_postgres() -> StoreError {
+    StoreError::Other("leadership needs a PostgreSQL state store (state: {url: \"postgres://...\"})".into())
+}
+
+impl Store {
+    /// Takes or renews the lease `name` for `node` for `ttl`, in one conditional
+    /// UPDATE: it succeeds when the lease has expired (by the database's clock, so the
+    /// nodes' clocks do not matter) or `node` holds it already; the epoch goes up by one
+    /// on a change of holder and stays on a renewal. `None`: another node holds it.
+    pub async fn acquire_lease(&self, name: &str, node: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        let (name, node) = (name.to_owned(), node.to_owned());
+        let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            tx.query_opt(
+                &format!(
+                    "UPDATE leases SET
+                         epoch = CASE WHEN holder IS NOT DISTINCT FROM $2 THEN epoch ELSE epoch + 1 END,
+                         holder = $2,
+                         expires_at = now() + $3::bigint * interval '1 microsecond'
+                     WHERE name = $1 AND (holder IS NOT DISTINCT FROM $2 OR expires_at <= now())
+                     RETURNING {LEASE_COLUMNS}"
+                ),
+                args![&name, &node, ttl_us],
+            )?
+            .map(|r| lease_row(&r))
+            .transpose()
+        })
+        .await
+    }
+
+    /// Gives the lease up (a clean shutdown): it expires now, so a standby need not wait
+    /// for it; its epoch stays. `false` when `node` did not hold it.
+    pub async fn release_lease(&self, name: &str, node: &str) -> StoreResult<bool> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        let (name, node) = (name.to_owned(), node.to_owned());
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE leases SET expires_at = now() WHERE name = $1 AND holder = $2 AND expires_at > now()",
+                args![&name, &node],
+            )? > 0)
+        })
+        .await
+    }
+
+    /// The lease as it stands, with the database's clock.
+    pub fn lease(&self, name: &str) -> StoreResult<Option<Lease>> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        let name = name.to_owned();
+        self.read(move |db| {
+            db.query_opt(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE name = $1"),
+                args![&name],
+            )?
+            .map(|r| lease_row(&r))
+            .transpose()
+        })
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -833,37 +1016,38 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-pub(crate) fn insert_records(tx: &Transaction<'_>, run_id: &str, records: &[(u64, String)]) -> StoreResult<()> {
-    let mut st = tx.prepare_cached("INSERT INTO journal (run_id, seq, record) VALUES (?1, ?2, ?3)")?;
+pub(crate) fn insert_records(tx: &mut dyn Sql, run_id: &str, records: &[(u64, String)]) -> StoreResult<()> {
     for (seq, json) in records {
-        st.execute(params![run_id, *seq as i64, json])?;
+        tx.execute(INSERT_RECORD, args![run_id, *seq as i64, json])?;
     }
     Ok(())
 }
 
 /// Marks the row finished with its outcome; frees or keeps the service lock.
 pub fn finish_row(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Sql,
     run_id: &str,
     outcome: &str,
     finished_at: &str,
     lock: LockRelease,
 ) -> StoreResult<()> {
     tx.execute(
-        "UPDATE runs SET state = 'finished', outcome = ?2, finished_at = ?3 WHERE id = ?1",
-        params![run_id, outcome, finished_at],
+        "UPDATE runs SET state = 'finished', outcome = $2, finished_at = $3 WHERE id = $1",
+        args![run_id, outcome, finished_at],
     )?;
     match lock {
         LockRelease::Free => {
-            tx.execute("DELETE FROM service_locks WHERE run_id = ?1", [run_id])?;
+            tx.execute("DELETE FROM service_locks WHERE run_id = $1", args![run_id])?;
         }
         LockRelease::Keep => {
             // A stuck run keeps (or takes back) its service.
-            let service: String = tx.query_row("SELECT service FROM runs WHERE id = ?1", [run_id], |r| r.get(0))?;
+            let service = tx
+                .query_one("SELECT service FROM runs WHERE id = $1", args![run_id])?
+                .text(0)?;
             tx.execute(
-                "INSERT INTO service_locks (service, run_id) VALUES (?1, ?2)
+                "INSERT INTO service_locks (service, run_id) VALUES ($1, $2)
                  ON CONFLICT (service) DO UPDATE SET run_id = excluded.run_id",
-                params![service, run_id],
+                args![&service, run_id],
             )?;
         }
     }
@@ -872,53 +1056,55 @@ pub fn finish_row(
 
 const COLUMNS: &str = "id, runbook, service, mode, state, outcome, started_at, finished_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+fn row(r: &Row) -> StoreResult<RunRow> {
     Ok(RunRow {
-        id: r.get(0)?,
-        runbook: r.get(1)?,
-        service: r.get(2)?,
-        mode: r.get(3)?,
-        state: r.get(4)?,
-        outcome: r.get(5)?,
-        started_at: r.get(6)?,
-        finished_at: r.get(7)?,
+        id: r.text(0)?,
+        runbook: r.text(1)?,
+        service: r.text(2)?,
+        mode: r.text(3)?,
+        state: r.text(4)?,
+        outcome: r.opt_text(5)?,
+        started_at: r.text(6)?,
+        finished_at: r.opt_text(7)?,
     })
 }
 
 /// The run that holds `service`: a run that has not finished (running or interrupted)
 /// or a stuck one that nobody acknowledged.
-fn lock_holder(tx: &Transaction<'_>, service: &str) -> StoreResult<Option<RunRow>> {
+fn lock_holder(tx: &mut dyn Sql, service: &str) -> StoreResult<Option<RunRow>> {
+    let columns = COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(tx
-        .query_row(
-            &format!(
-                "SELECT {} FROM service_locks l JOIN runs r ON r.id = l.run_id WHERE l.service = ?1",
-                COLUMNS
-                    .split(", ")
-                    .map(|c| format!("r.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            [service],
-            row,
-        )
-        .optional()?
+        .query_opt(
+            &format!("SELECT {columns} FROM service_locks l JOIN runs r ON r.id = l.run_id WHERE l.service = $1"),
+            args![service],
+        )?
+        .map(|r| row(&r))
+        .transpose()?
         .filter(|r| r.state != "finished" || r.outcome.as_deref() == Some("stuck")))
 }
 
 /// The service's newest failover that changed something (it recovered the service, or
 /// got stuck), and when it ended: its finish, or for a stuck run its acknowledgement.
-fn last_failover_end(tx: &Transaction<'_>, service: &str) -> StoreResult<Option<(RunRow, SystemTime)>> {
+fn last_failover_end(tx: &mut dyn Sql, service: &str) -> StoreResult<Option<(RunRow, SystemTime)>> {
+    let greatest = match tx.backend() {
+        Backend::Sqlite => "max",
+        Backend::Postgres => "GREATEST",
+    };
     let found = tx
-        .query_row(
+        .query_opt(
             &format!(
-                "SELECT {COLUMNS}, acked_at FROM runs WHERE service = ?1 AND mode = 'failover' AND state = 'finished'
+                "SELECT {COLUMNS}, acked_at FROM runs WHERE service = $1 AND mode = 'failover' AND state = 'finished'
                  AND outcome IN ('passed', 'targets_missed', 'stuck')
-                 ORDER BY max(finished_at, coalesce(acked_at, '')) DESC LIMIT 1"
+                 ORDER BY {greatest}(finished_at, coalesce(acked_at, '')) DESC LIMIT 1"
             ),
-            [service],
-            |r| Ok((row(r)?, r.get::<_, Option<String>>(8)?)),
-        )
-        .optional()?;
+            args![service],
+        )?
+        .map(|r| Ok::<_, StoreError>((row(&r)?, r.opt_text(8)?)))
+        .transpose()?;
     Ok(found.map(|(run, acked)| {
         let parse = |t: Option<&str>| t.and_then(|t| humantime::parse_rfc3339_weak(t).ok());
         let ended = parse(run.finished_at.as_deref())
@@ -929,3 +1115,6 @@ fn last_failover_end(tx: &Transaction<'_>, service: &str) -> StoreResult<Option<
         (run, ended)
     }))
 }
+
+#[cfg(test)]
+mod tests;
