@@ -251,3 +251,97 @@ fn demo_interrupted_with_ctrl_c_mid_drill_removes_the_lab() {
     assert!(stderr.contains("lab removed"), "{all}");
     assert_nothing_left(&lab_folders(&stderr));
 }
+
+/// Sends Ctrl-C to a served demo that a failed assertion left running, so that it
+/// removes its lab.
+struct Interrupt(u32);
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &self.0.to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+}
+
+#[test]
+fn demo_serve_keeps_the_lab_and_the_daemon_up_until_ctrl_c() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(drover_bin())
+        .current_dir(work.path())
+        .env("NO_COLOR", "1")
+        .env_remove("DROVER_CONFIG")
+        .args(["demo", "--serve", "--out", "kept"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start drover demo --serve");
+    let _interrupt = Interrupt(child.id());
+    let stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut stdout = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if let Some(u) = line.strip_prefix("listening on ") {
+            url = Some(u.trim().to_owned());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stdout}");
+    }
+    let url = url.unwrap_or_else(|| panic!("no `listening on` line:\n{stdout}"));
+    let token = stdout
+        .split("log in with token ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no token printed:\n{stdout}"))
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let get = |path: &str, auth: bool| {
+        rt.block_on(async {
+            let mut req = http.get(format!("{url}{path}"));
+            if auth {
+                req = req.bearer_auth(&token);
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    assert_eq!(get("/healthz", false).0, 200);
+    assert_eq!(get("/api/v1/runs", false).0, 401, "the API wants the token");
+    let (status, runs) = get("/api/v1/runs", true);
+    assert_eq!(status, 200, "{runs}");
+    assert!(runs.contains("payments-demo") && runs.contains("passed"), "{runs}");
+    let (status, page) = get("/", true);
+    assert_eq!(status, 200);
+    assert!(page.contains("payments"), "the dashboard shows the drill: {page}");
+
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for line in lines {
+        stdout.push_str(&line.unwrap());
+        stdout.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let stderr = err_thread.join().unwrap();
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(status.success(), "Ctrl-C ends the served demo cleanly\n{all}");
+    assert!(stderr.contains("lab removed"), "{all}");
+    assert_nothing_left(&lab_folders(&stderr));
+}
