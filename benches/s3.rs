@@ -21,26 +21,15 @@
 //! `--mib M` change the data set (default 4 of 256). Results: docs/BENCHMARKS.md.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use drover_lab::{S3Kind, S3Server};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn binary() -> PathBuf {
-    std::env::var_os("DROVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drover"))
-}
+#[path = "common.rs"]
+mod common;
+use common::{arg, binary};
 
 /// A deterministic, incompressible-looking byte stream (xorshift), `len` bytes.
 fn data(seed: u64, len: usize) -> Vec<u8> {

@@ -389,6 +389,20 @@ impl Engine {
     }
 
     /// Reads a run's journal (after its lock is taken).
+    /// The journal of a recorded run, to append to: its clock goes on from the last
+    /// record (it never runs backwards).
+    fn reopen_journal(&self, state: &RunState, head: Option<String>, observer: Arc<dyn Observer>) -> Journal {
+        let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
+        Journal::new(
+            self.store.clone(),
+            state.clone(),
+            head,
+            RunClock::resume(started, state.last_t),
+            observer,
+            &self.secrets,
+        )
+    }
+
     async fn read(&self, run_id: &str) -> Result<(RunState, Option<String>), EngineError> {
         let store = self.store.clone();
         let id = run_id.to_owned();
@@ -423,15 +437,7 @@ impl Engine {
         };
         let (state, head) = self.read(run_id).await?;
         let (stop, abort, events) = self.handle_parts();
-        let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
-        let journal = Journal::new(
-            self.store.clone(),
-            state.clone(),
-            head,
-            RunClock::resume(started, state.last_t),
-            self.fanout(&events),
-            &self.secrets,
-        );
+        let journal = self.reopen_journal(&state, head, self.fanout(&events));
         let reopen = matches!(&state.finished, Some(f) if f.outcome == Outcome::Stuck) && state.acknowledged.is_none();
         if state.finished.is_some() && !reopen {
             let settled = self.settle(&journal, &state).await?;
@@ -586,15 +592,7 @@ impl Engine {
             }
             None => true,
         };
-        let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
-        let journal = Journal::new(
-            self.store.clone(),
-            state.clone(),
-            head,
-            RunClock::resume(started, state.last_t),
-            self.observer.clone(),
-            &self.secrets,
-        );
+        let journal = self.reopen_journal(&state, head, self.observer.clone());
         let signer = self.signer.clone();
         let (id, by, why) = (run_id.to_owned(), by.to_owned(), reason.to_owned());
         let run = id.clone();
@@ -658,15 +656,7 @@ impl Engine {
                 "run {run_id} has not finished: its evidence is archived once it is sealed"
             )));
         }
-        let started = humantime::parse_rfc3339_weak(&state.started_at).unwrap_or_else(|_| SystemTime::now());
-        let journal = Journal::new(
-            self.store.clone(),
-            state.clone(),
-            head,
-            RunClock::resume(started, state.last_t),
-            self.observer.clone(),
-            &self.secrets,
-        );
+        let journal = self.reopen_journal(&state, head, self.observer.clone());
         let signer = self.signer.clone();
         let id = run_id.to_owned();
         journal
