@@ -12,14 +12,14 @@ use serde_json::{Value, json};
 
 use crate::support::{Fixture, drover_bin};
 
-const TOKENS: [(&str, &str); 4] = [
+pub(crate) const TOKENS: [(&str, &str); 4] = [
     ("viewer", "tok-viewer-0123456789"),
     ("operator", "tok-operator-0123456789"),
     ("auditor", "tok-auditor-0123456789"),
     ("admin", "tok-admin-0123456789"),
 ];
 
-fn sha(s: &str) -> String {
+pub(crate) fn sha(s: &str) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -32,7 +32,7 @@ fn sha(s: &str) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
-fn token(role: &str) -> &'static str {
+pub(crate) fn token(role: &str) -> &'static str {
     TOKENS.iter().find(|(r, _)| *r == role).unwrap().1
 }
 
@@ -47,7 +47,7 @@ fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::Key
 }
 
 /// A test CA and a server certificate for 127.0.0.1, written to the fixture.
-fn certificates(fx: &Fixture) -> String {
+pub(crate) fn certificates(fx: &Fixture) -> String {
     let (ca, issuer) = test_ca("drover test CA");
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
@@ -105,12 +105,12 @@ fn fixture(extra_config: &str) -> (Fixture, String) {
 }
 
 /// A running `drover serve` and an HTTPS client that trusts the test CA.
-struct Daemon {
-    child: Child,
-    url: String,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     client: reqwest::Client,
     rt: tokio::runtime::Runtime,
-    stderr: Arc<Mutex<String>>,
+    pub(crate) stderr: Arc<Mutex<String>>,
 }
 
 impl Daemon {
@@ -121,7 +121,7 @@ impl Daemon {
     }
 
     /// One call: (status, body).
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
+    pub(crate) fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
         let mut req = self
             .client
             .request(method.parse().unwrap(), format!("{}{path}", self.url));
@@ -138,13 +138,13 @@ impl Daemon {
         })
     }
 
-    fn json(&self, method: &str, path: &str, role: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) fn json(&self, method: &str, path: &str, role: &str, body: Option<Value>) -> (u16, Value) {
         let (status, text) = self.call(method, path, Some(token(role)), body);
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Polls a run until it has an outcome.
-    fn wait_finished(&self, id: &str) -> Value {
+    pub(crate) fn wait_finished(&self, id: &str) -> Value {
         let start = Instant::now();
         loop {
             let (_, run) = self.json("GET", &format!("/api/v1/runs/{id}"), "viewer", None);
@@ -159,7 +159,7 @@ impl Daemon {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         assert!(
             Command::new("kill")
                 .args([sig, &self.child.id().to_string()])
@@ -170,7 +170,7 @@ impl Daemon {
     }
 
     /// Waits for the process to exit; its exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -189,7 +189,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start_run(d: &Daemon, runbook: &str, mode: &str) -> String {
+pub(crate) fn start_run(d: &Daemon, runbook: &str, mode: &str) -> String {
     let (status, v) = d.json(
         "POST",
         "/api/v1/runs",
@@ -578,7 +578,7 @@ fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
 }
 
 /// Starts `drover serve` as `cmd` says and waits until it listens.
-fn start_with(mut cmd: Command, ca: &str) -> Daemon {
+pub(crate) fn start_with(mut cmd: Command, ca: &str) -> Daemon {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut child = cmd
         .env_remove("RUST_LOG")

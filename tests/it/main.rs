@@ -27,6 +27,7 @@ mod engine;
 mod examples;
 mod fuzz;
 mod guide;
+mod ha;
 mod help;
 mod inprocess;
 mod kubernetes;

@@ -608,6 +608,7 @@ fn append_to_journal(fx: &Fixture, id: &str, seal: bool) {
             at: "2026-01-01T00:00:00.000Z".into(),
             t: 1.0,
             prev: Some(prev.clone()),
+            writer: None,
             event,
         };
         let json = serde_json::to_string(&rec).unwrap();

@@ -526,6 +526,7 @@ mod tests {
                 at: "2026-01-01T00:00:00.000Z".into(),
                 t: i as f64,
                 prev: prev.clone(),
+                writer: None,
                 event,
             };
             let json = serde_json::to_string(&rec).unwrap();

@@ -326,6 +326,10 @@ pub struct Record {
     pub t: f64,
     /// SHA-256 (hex) of the previous record's stored text; `None` for the first.
     pub prev: Option<String>,
+    /// The node and leadership epoch that wrote it (a daemon of a cluster); absent
+    /// outside high availability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<crate::store::Writer>,
     #[serde(flatten)]
     pub event: Event,
 }
@@ -388,12 +392,18 @@ pub(crate) fn encode(rec: Record, redact: &Redactor) -> Result<(Record, String),
 }
 
 /// The run's first record (`seq` 0), before the run exists.
-pub(crate) fn first_record(event: Event, clock: RunClock, redact: &Redactor) -> Result<(Record, String), StoreError> {
+pub(crate) fn first_record(
+    event: Event,
+    clock: RunClock,
+    redact: &Redactor,
+    writer: Option<crate::store::Writer>,
+) -> Result<(Record, String), StoreError> {
     let rec = Record {
         seq: 0,
         at: rfc3339(SystemTime::now()),
         t: clock.secs(),
         prev: None,
+        writer,
         event,
     };
     encode(rec, redact)
@@ -444,6 +454,7 @@ pub struct Batch<'a> {
     tip: &'a mut Tip,
     clock: RunClock,
     redact: &'a Redactor,
+    writer: Option<crate::store::Writer>,
     out: Vec<(Record, String)>,
 }
 
@@ -464,6 +475,7 @@ impl Batch<'_> {
             // Never backwards against the record before.
             t: self.clock.secs().max(self.tip.state.last_t),
             prev: self.tip.head.clone(),
+            writer: self.writer.clone(),
             event,
         };
         let (rec, json) = encode(rec, self.redact)?;
@@ -556,6 +568,7 @@ impl Journal {
                 tip: &mut tip,
                 clock: self.clock,
                 redact: &self.redact,
+                writer: self.store.writer(),
                 out: Vec::with_capacity(1),
             };
             batch.push(event)?;
@@ -594,6 +607,7 @@ impl Journal {
                 tip: &mut tip,
                 clock: self.clock,
                 redact: &self.redact,
+                writer: self.store.writer(),
                 out: Vec::new(),
             };
             let value = build(&mut batch)?;

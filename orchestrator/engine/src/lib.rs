@@ -18,4 +18,4 @@ pub use journal::{Event, Journal, Observer, Outcome, Phase, Quiet, Record, RunOp
 pub use plan::{Plan, PlanStep, plan};
 pub use run::{Engine, EngineError, RunHandle, StartRequest, is_live, rpo_achieved};
 pub use state::RunState;
-pub use store::{Lease, RunRow, Store, StoreError};
+pub use store::{Lease, Member, RunRow, Store, StoreError, Writer};

@@ -313,6 +313,7 @@ mod tests {
             at: "2026-01-02T03:04:05.678Z".into(),
             t: 1.25,
             prev: Some("ab".repeat(32)),
+            writer: None,
             event,
         }
     }

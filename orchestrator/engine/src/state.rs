@@ -131,10 +131,29 @@ pub struct RunState {
     /// bundle must reach to be current.
     pub last_content_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// Which node, at which leadership epoch, wrote which records (high availability):
+    /// one entry per unbroken stretch of records by one writer. Empty outside a cluster.
+    pub writers: Vec<WriterSpan>,
     /// Run-clock seconds of the `run_started` record.
     pub run_started_t: f64,
     pub last_t: f64,
     pub last_at: String,
+}
+
+/// An unbroken stretch of a run's records written by one node at one epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WriterSpan {
+    pub node: String,
+    pub epoch: i64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Run-clock seconds and wall clock of its first and last record.
+    pub from_t: f64,
+    pub until_t: f64,
+    pub from_at: String,
+    pub until_at: String,
+    /// The steps it started, in order.
+    pub steps: Vec<String>,
 }
 
 impl RunState {
@@ -216,6 +235,32 @@ impl RunState {
 
     /// Applies one record.
     pub fn apply(&mut self, r: &Record) {
+        if let Some(w) = &r.writer {
+            match self.writers.last_mut() {
+                Some(span) if span.node == w.node && span.epoch == w.epoch => {
+                    span.last_seq = r.seq;
+                    span.until_t = r.t;
+                    span.until_at.clone_from(&r.at);
+                }
+                _ => self.writers.push(WriterSpan {
+                    node: w.node.clone(),
+                    epoch: w.epoch,
+                    first_seq: r.seq,
+                    last_seq: r.seq,
+                    from_t: r.t,
+                    until_t: r.t,
+                    from_at: r.at.clone(),
+                    until_at: r.at.clone(),
+                    steps: Vec::new(),
+                }),
+            }
+            if let Event::StepStarted { step, .. } = &r.event
+                && let Some(span) = self.writers.last_mut()
+                && !span.steps.contains(step)
+            {
+                span.steps.push(step.clone());
+            }
+        }
         self.last_seq = Some(r.seq);
         self.last_t = r.t;
         self.last_at.clone_from(&r.at);

@@ -32,7 +32,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
@@ -74,6 +74,12 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
 }
 
 impl StoreError {
+    /// A write refused because another node leads at a newer epoch: this node must
+    /// step down.
+    pub fn is_fenced(&self) -> bool {
+        self.sqlstate() == Some(pg::FENCED)
+    }
+
     /// The SQLSTATE of a PostgreSQL error (`P0001`, `23505`...), for tests and callers
     /// that tell refusals apart.
     pub fn sqlstate(&self) -> Option<&str> {
@@ -248,6 +254,11 @@ enum Op {
     },
     /// Anything else, in a transaction of its own.
     Job(Job),
+    /// Work on the connection itself, outside any transaction.
+    Session(Job),
+    /// A run is opened again (resume): its journal is read afresh, so an earlier failed
+    /// append no longer refuses its records.
+    Reopen(Arc<str>),
 }
 
 /// What a [`Op::Commit`] writes beside its records.
@@ -269,6 +280,16 @@ struct Inner {
     dir: PathBuf,
     reader: Reader,
     writer: Mutex<mpsc::Sender<Op>>,
+    /// The node and leadership epoch this process writes as (high availability).
+    identity: RwLock<Option<Writer>>,
+}
+
+/// Who writes: a node of a cluster and the leadership epoch it holds. Stamped on every
+/// journal record; the epoch fences the writes on PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Writer {
+    pub node: String,
+    pub epoch: i64,
 }
 
 /// The state store (SQLite or PostgreSQL). Cheap to clone.
@@ -353,7 +374,10 @@ fn writer_loop(conn: &mut dyn Conn, ops: mpsc::Receiver<Op>) {
             },
         };
         match op {
-            Op::Job(job) => job(conn),
+            Op::Job(job) | Op::Session(job) => job(conn),
+            Op::Reopen(run_id) => {
+                broken.remove(&run_id);
+            }
             Op::Commit {
                 run_id,
                 rows,
@@ -441,9 +465,17 @@ impl Store {
     /// Opens (creating if needed) the store named by a `state.url`: `sqlite://PATH` or
     /// `postgres://...` (`postgresql://...`).
     pub fn open_url(url: &str) -> StoreResult<Store> {
+        Store::open_url_with_password(url, None)
+    }
+
+    /// [`Store::open_url`], with the PostgreSQL password given apart from the URL (a
+    /// secret of the config); it replaces any password in the URL.
+    pub fn open_url_with_password(url: &str, password: Option<&str>) -> StoreResult<Store> {
         match url.strip_prefix("sqlite://") {
             Some(path) => Store::open(Path::new(path)),
-            None if url.starts_with("postgres://") || url.starts_with("postgresql://") => Store::open_postgres(url),
+            None if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Store::open_postgres(url, password)
+            }
             None => Err(StoreError::Other(format!("unsupported state url `{url}`"))),
         }
     }
@@ -481,14 +513,18 @@ impl Store {
                 dir: drover_model::paths::folder_of(path),
                 reader: Reader::Sqlite(Mutex::new(read)),
                 writer: Mutex::new(tx),
+                identity: RwLock::new(None),
             }),
         })
     }
 
     /// Opens a PostgreSQL store: connects (a writer and a reader connection, each on a
     /// thread of its own) and creates or migrates the schema.
-    pub fn open_postgres(url: &str) -> StoreResult<Store> {
-        let target = pg::PgTarget::parse(url)?;
+    pub fn open_postgres(url: &str, password: Option<&str>) -> StoreResult<Store> {
+        let mut target = pg::PgTarget::parse(url)?;
+        if let Some(p) = password {
+            target.set_password(p);
+        }
         let label = target.label.clone();
         let writer = pg::spawn(
             "drover-store-writer",
@@ -506,6 +542,7 @@ impl Store {
                 dir,
                 reader: Reader::Postgres(Mutex::new(reader)),
                 writer: Mutex::new(writer),
+                identity: RwLock::new(None),
             }),
         })
     }
@@ -520,6 +557,51 @@ impl Store {
     /// folder of this machine's temporary directory, one per store.
     pub fn dir(&self) -> PathBuf {
         self.inner.dir.clone()
+    }
+
+    /// Run locks in a folder of their own for `node` (below [`Store::dir`]): daemons of
+    /// one cluster on one machine (tests, a lab) do not see each other's run locks; the
+    /// leadership lease, not an OS lock, says who runs what.
+    pub fn lock_scope(mut self, node: &str) -> Store {
+        let safe: String = node
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.dir = inner.dir.join(format!("node-{safe}"));
+        }
+        self
+    }
+
+    /// The node and epoch this process writes as; `None` outside a cluster.
+    pub fn writer(&self) -> Option<Writer> {
+        self.inner.identity.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets who writes from now on. On PostgreSQL the writer connection then says the
+    /// epoch with each write and the store refuses those writes once a newer epoch
+    /// holds the lease ([`StoreError::is_fenced`]). Records already queued keep theirs.
+    pub async fn set_writer(&self, writer: Option<Writer>) -> StoreResult<()> {
+        *self.inner.identity.write().unwrap_or_else(|p| p.into_inner()) = writer.clone();
+        let epoch = writer.map(|w| w.epoch);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Op::Session(Box::new(move |conn| {
+            let _ = tx.send(conn.set_epoch(epoch));
+        })))?;
+        rx.await
+            .map_err(|_| StoreError::Other("the store's writer thread has stopped".into()))?
+    }
+
+    /// Lets a run's records be stored again after a failed append (the run is being
+    /// resumed from what its stored journal holds).
+    pub(crate) fn reopen(&self, run_id: &str) {
+        let _ = self.send(Op::Reopen(Arc::from(run_id)));
     }
 
     /// Which database holds the store.
@@ -927,6 +1009,19 @@ impl Lease {
     }
 }
 
+/// A daemon of a cluster, as the store last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub node: String,
+    pub site: Option<String>,
+    /// Its API's base URL.
+    pub address: Option<String>,
+    /// RFC 3339, UTC, by the database's clock.
+    pub last_seen: String,
+    /// How long ago, by the database's clock.
+    pub age_ms: i64,
+}
+
 /// The lease's times as RFC 3339 text in UTC, with microseconds (sortable as text).
 const LEASE_COLUMNS: &str = r#"holder, epoch,
     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
@@ -988,6 +1083,52 @@ impl Store {
             )? > 0)
         })
         .await
+    }
+
+    /// Records that `node` is alive (at its lease attempt), where its API is and which
+    /// site it is in, by the database's clock.
+    pub async fn heartbeat(&self, node: &str, site: Option<&str>, address: Option<&str>) -> StoreResult<()> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        let (node, site, address) = (node.to_owned(), site.map(str::to_owned), address.map(str::to_owned));
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO members (node, site, address, last_seen) VALUES ($1, $2, $3, now())
+                 ON CONFLICT (node) DO UPDATE SET site = excluded.site, address = excluded.address,
+                     last_seen = excluded.last_seen",
+                args![&node, site.as_deref(), address.as_deref()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The daemons that ever joined the cluster, with when each was last seen.
+    pub fn members(&self) -> StoreResult<Vec<Member>> {
+        if self.backend() != Backend::Postgres {
+            return Err(lease_needs_postgres());
+        }
+        self.read(|db| {
+            db.query(
+                r#"SELECT node, site, address,
+                       to_char(last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                       (extract(epoch FROM now() - last_seen) * 1000)::bigint
+                   FROM members ORDER BY node"#,
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Member {
+                    node: r.text(0)?,
+                    site: r.opt_text(1)?,
+                    address: r.opt_text(2)?,
+                    last_seen: r.text(3)?,
+                    age_ms: r.int(4)?,
+                })
+            })
+            .collect()
+        })
     }
 
     /// The lease as it stands, with the database's clock.

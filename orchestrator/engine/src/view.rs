@@ -97,6 +97,9 @@ pub struct RunView {
     pub critical_path: Vec<String>,
     pub cis: Vec<CiView>,
     pub resumes: u32,
+    /// Which node of a cluster ran which part of the run (empty outside high
+    /// availability).
+    pub writers: Vec<crate::state::WriterSpan>,
     /// The ITIL change record.
     pub change: Option<crate::change::ChangeRecord>,
     /// The fingerprint of the key that sealed the run's journal.
@@ -268,6 +271,7 @@ impl RunView {
             critical_path: critical_path(state),
             cis: ci_times(state),
             resumes: state.resumes,
+            writers: state.writers.clone(),
             checks,
             preflight,
             steps,

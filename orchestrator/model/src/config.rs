@@ -44,6 +44,10 @@ pub struct Config {
     /// long it waits for steps in flight on shutdown.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// High availability: this daemon is one node of a cluster sharing a PostgreSQL
+    /// state store; one node leads (runs schedules and runs), the others stand by.
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
     /// Called on run started, finished, stuck and approval needed (JSON with a
     /// Slack-compatible `text`).
     #[serde(default)]
@@ -67,6 +71,7 @@ impl Config {
             out.extend(s.access_key_id.iter().chain(s.secret_access_key.iter()));
         }
         out.push(&self.evidence.signing_key);
+        out.extend(self.state.password.iter());
         out.extend(self.webhooks.iter().map(|w| &w.url));
         out
     }
@@ -144,6 +149,10 @@ pub struct StateConfig {
     /// `sqlite://PATH` (relative to this file) or `postgres://...`.
     #[serde(default = "default_state_url")]
     pub url: Located<String>,
+    /// The PostgreSQL password, as a secret (`{env: NAME}` or `{file: PATH}`), so that
+    /// the URL in this file holds none.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
 }
 
 fn default_state_url() -> Located<String> {
@@ -154,6 +163,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             url: default_state_url(),
+            password: None,
         }
     }
 }
@@ -327,6 +337,25 @@ pub struct DaemonConfig {
     /// On SIGTERM: how long steps in flight may take to reach a journaled point.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+}
+
+/// `ha:`: this daemon as a node of a cluster.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// This node's name, unique in the cluster (e.g. `drover-east`).
+    pub node: Located<String>,
+    /// The site it runs in (one of `sites`), shown in `/api/v1/cluster`.
+    #[serde(default)]
+    pub site: Option<Located<String>>,
+    /// How long leadership lasts without a renewal (renewed every third of it); a
+    /// standby takes over at most this long (plus one renewal) after the leader is lost.
+    #[serde(default = "default_lease")]
+    pub lease: Located<Dur>,
+}
+
+fn default_lease() -> Located<Dur> {
+    Located::new(Default::default(), Dur(std::time::Duration::from_secs(10)))
 }
 
 fn default_shutdown_grace() -> Dur {

@@ -295,6 +295,9 @@ fn resolve_config_paths(c: &mut Config, base: &Path) {
         d.url.rebase(base);
     }
     c.evidence.signing_key.rebase(base);
+    if let Some(p) = &mut c.state.password {
+        p.rebase(base);
+    }
     if let Some(tls) = c.api.as_mut().and_then(|a| a.tls.as_mut()) {
         tls.cert = resolve(base, &tls.cert);
         tls.key = resolve(base, &tls.key);

@@ -144,6 +144,32 @@ fn check_config(c: &Config, path: &Path, runbooks: &[crate::load::RunbookFile], 
             format!("state url `{url}` must be sqlite://PATH or postgres://..."),
         );
     }
+    if let Some(ha) = &c.ha {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            s.err(
+                ha.node.loc,
+                format!(
+                    "ha needs a PostgreSQL state store shared by the nodes (state: {{url: \"postgres://...\"}}); state url is `{url}`"
+                ),
+            );
+        }
+        if ha.node.trim().is_empty() {
+            s.err(ha.node.loc, "node must not be empty");
+        }
+        if let Some(site) = &ha.site {
+            s.known("site", site, sites.iter().copied());
+        }
+        let lease = ha.lease.value.0;
+        if lease < std::time::Duration::from_secs(1) || lease > std::time::Duration::from_secs(600) {
+            s.err(
+                non_zero(ha.lease.loc),
+                format!(
+                    "lease must be between 1s and 10m (it is {}): renewals come every third of it",
+                    ha.lease.value
+                ),
+            );
+        }
+    }
     for key in &c.evidence.trusted_keys {
         if let Err(e) = crate::config::check_fingerprint(key) {
             s.err(key.loc, e);

@@ -486,6 +486,18 @@ fn findings(run: &RunView, ev: &Verification) -> Vec<Finding> {
             "refused before any change: nothing was changed, nothing was undone".into(),
         );
     }
+    for pair in run.writers.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        if old.node != new.node || old.epoch != new.epoch {
+            push(
+                "note",
+                format!(
+                    "node {} (epoch {}) took the run over from node {} (epoch {}) at {}",
+                    new.node, new.epoch, old.node, old.epoch, new.from_at
+                ),
+            );
+        }
+    }
     if run.resumes > 0 {
         push(
             "warning",

@@ -28,7 +28,16 @@ pub struct Flags {
 
 /// Opens the configured state store.
 pub fn open_store(config: &Config) -> Result<Store, Failure> {
-    Store::open_url(&config.state.url).map_err(|e| Failure::Other(e.into()))
+    let password = match &config.state.password {
+        Some(secret) => Some(
+            secret
+                .resolve()
+                .map_err(|e| Failure::Usage(anyhow::anyhow!("state.password: {e}")))?,
+        ),
+        None => None,
+    };
+    Store::open_url_with_password(&config.state.url, password.as_ref().map(|p| p.expose()))
+        .map_err(|e| Failure::Other(e.into()))
 }
 
 fn user() -> String {
@@ -127,6 +136,32 @@ fn confirm_failover(plan_text: &str, service: &str) -> Result<(), Failure> {
     }
 }
 
+/// The CLI writes as no leader, so it is not fenced: while a cluster of daemons leads
+/// the store (a live lease), starting or resuming a run here is refused.
+fn no_cluster_leader(store: &Store) -> Result<(), EngineError> {
+    if store.backend() != drover_engine::store::Backend::Postgres {
+        return Ok(());
+    }
+    match store.lease(crate::serve::ha::LEASE) {
+        Ok(Some(l)) if l.live() => {
+            let address = store
+                .members()
+                .ok()
+                .and_then(|m| m.into_iter().find(|m| Some(&m.node) == l.holder.as_ref()))
+                .and_then(|m| m.address)
+                .map(|a| format!(" at {a}"))
+                .unwrap_or_default();
+            Err(EngineError::Refused(format!(
+                "node {} leads this state store (epoch {}, lease until {}): start and resume runs through its API{address}",
+                l.holder.unwrap_or_default(),
+                l.epoch,
+                l.expires_at
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// An engine error as the command's failure. A refusal before the run exists (a held
 /// service, anti-flap) exits 5 and, for `--format json`, still prints an object with
 /// `"outcome": "refused"`, so automation can tell "nothing happened".
@@ -203,6 +238,7 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
     let rt = runtime()?;
     let state = rt.block_on(async {
         watch_signals(engine.stop.clone(), engine.abort.clone(), ui.clone());
+        no_cluster_leader(&engine.store)?;
         engine.start(req).await?.wait().await
     });
     ui.finish();
@@ -258,6 +294,7 @@ pub fn resume(cli: &Cli, run: &str, yes: bool, format: TextJson) -> CmdResult {
     let rt = runtime()?;
     let state = rt.block_on(async {
         watch_signals(engine.stop.clone(), engine.abort.clone(), ui.clone());
+        no_cluster_leader(&engine.store)?;
         engine.resume(&id, yes).await?.wait().await
     });
     ui.finish();

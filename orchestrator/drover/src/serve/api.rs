@@ -240,6 +240,9 @@ async fn guard(State(d): State<Arc<Daemon>>, matched: MatchedPath, mut req: Requ
                 .into_response()
             }
         }
+        None if method != Method::GET && !matches!(route.path, "/login" | "/logout") && !d.is_leader() => {
+            standby(&d).into_response()
+        }
         None => {
             if let Ok(Some(c)) = caller {
                 req.extensions_mut().insert(c);
@@ -279,9 +282,68 @@ fn caller(req_caller: Option<axum::Extension<Caller>>) -> ApiResult<Caller> {
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "no caller".into()))
 }
 
+/// A mutating call on a standby: 503, with where the leader is.
+fn standby(d: &Daemon) -> Response {
+    let (leader, address) = leader_contact(d);
+    let message = match (&leader, &address) {
+        (Some(l), Some(a)) => format!("node {} stands by; the leader is {l} at {a}", d.node),
+        (Some(l), None) => format!("node {} stands by; the leader is {l}", d.node),
+        _ => format!(
+            "node {} stands by and no node leads right now; try again shortly",
+            d.node
+        ),
+    };
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "error": {"code": "standby", "message": message},
+            "leader": leader,
+            "leader_address": address,
+        })),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// The leader's name and API address, as the state store knows them.
+fn leader_contact(d: &Daemon) -> (Option<String>, Option<String>) {
+    let Some(ha) = &d.ha else {
+        return (Some(d.node.clone()), Some(d.base_url()));
+    };
+    let leader = match d.store().lease(super::ha::LEASE) {
+        Ok(Some(l)) if l.live() => l.holder,
+        Ok(_) => None,
+        Err(_) => ha.leader(),
+    };
+    let address = leader
+        .as_ref()
+        .and_then(|l| d.store().members().ok()?.into_iter().find(|m| &m.node == l)?.address);
+    (leader, address)
+}
+
+/// The role this node plays: `leader` (or alone), `standby`, `starting`, `draining`.
+fn role(d: &Daemon) -> &'static str {
+    if d.draining.load(Ordering::SeqCst) {
+        "draining"
+    } else if !d.ready.load(Ordering::SeqCst) {
+        "starting"
+    } else if d.is_leader() {
+        "leader"
+    } else {
+        "standby"
+    }
+}
+
 async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
     let ready = d.ready.load(Ordering::SeqCst);
-    let body = json!({"ready": ready, "role": if ready { "leader" } else { "starting" }, "node": d.node});
+    let body = json!({
+        "ready": ready,
+        "role": role(&d),
+        "node": d.node,
+        "epoch": d.ha.as_ref().map_or(0, |h| h.epoch()),
+    });
     let status = if ready {
         StatusCode::OK
     } else {
@@ -708,18 +770,45 @@ async fn schedules(State(d): State<Arc<Daemon>>) -> axum::Json<Value> {
     axum::Json(serde_json::to_value(d.sched.views(&d)).unwrap_or_default())
 }
 
-async fn cluster(State(d): State<Arc<Daemon>>) -> axum::Json<Value> {
-    // One node until high availability lands: it is the leader of epoch 0.
-    axum::Json(json!({
-        "leader": d.node,
-        "epoch": 0,
-        "members": [{
-            "node": d.node,
-            "site": null,
-            "last_seen": drover_engine::journal::rfc3339(SystemTime::now()),
-            "leader": true,
-        }],
-    }))
+async fn cluster(State(d): State<Arc<Daemon>>) -> ApiResult<axum::Json<Value>> {
+    let Some(ha) = &d.ha else {
+        // A daemon alone leads itself, at epoch 0.
+        return Ok(axum::Json(json!({
+            "leader": d.node,
+            "epoch": 0,
+            "lease_s": null,
+            "this_node": d.node,
+            "members": [{
+                "node": d.node,
+                "site": null,
+                "address": d.base_url(),
+                "last_seen": drover_engine::journal::rfc3339(SystemTime::now()),
+                "leader": true,
+            }],
+        })));
+    };
+    let lease = d.store().lease(super::ha::LEASE).map_err(unavailable)?;
+    let members = d.store().members().map_err(unavailable)?;
+    let leader = lease.as_ref().filter(|l| l.live()).and_then(|l| l.holder.clone());
+    Ok(axum::Json(json!({
+        "leader": leader,
+        "epoch": lease.as_ref().map_or(0, |l| l.epoch),
+        "lease_expires_at": lease.as_ref().map(|l| l.expires_at.clone()),
+        "lease_s": ha.lease.as_secs_f64(),
+        "this_node": d.node,
+        "members": members.iter().map(|m| json!({
+            "node": m.node,
+            "site": m.site,
+            "address": m.address,
+            "last_seen": m.last_seen,
+            "last_seen_s": m.age_ms as f64 / 1000.0,
+            "leader": leader.as_deref() == Some(m.node.as_str()),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
 }
 
 async fn audit(State(d): State<Arc<Daemon>>) -> ApiResult<axum::Json<Vec<AuditEntry>>> {

@@ -55,6 +55,12 @@ pub struct Metrics {
     pub approvals_waiting: Gauge,
     pub coverage: Family<CoverageLabels, Gauge>,
     pub actions_open: Gauge,
+    /// High availability: 1 while this node leads, 0 while it stands by.
+    pub ha_leader: Gauge,
+    pub ha_epoch: Gauge,
+    pub ha_renewals: Counter,
+    pub ha_failures: Counter,
+    pub ha_takeovers: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,7 +131,42 @@ impl Metrics {
             "Corrective actions not closed yet",
             actions_open.clone(),
         );
+        let ha_leader = Gauge::default();
+        registry.register(
+            "ha_leader",
+            "1 while this node leads the cluster (or runs alone), 0 while it stands by",
+            ha_leader.clone(),
+        );
+        let ha_epoch = Gauge::default();
+        registry.register(
+            "ha_epoch",
+            "The leadership epoch this node last saw (0 outside high availability)",
+            ha_epoch.clone(),
+        );
+        let ha_renewals = Counter::default();
+        registry.register(
+            "ha_lease_renewals",
+            "Lease attempts that reached the state store (taken, renewed, or held by another node)",
+            ha_renewals.clone(),
+        );
+        let ha_failures = Counter::default();
+        registry.register(
+            "ha_lease_failures",
+            "Lease attempts that failed or timed out (state store unreachable)",
+            ha_failures.clone(),
+        );
+        let ha_takeovers = Counter::default();
+        registry.register(
+            "ha_takeovers",
+            "Times this node became the leader",
+            ha_takeovers.clone(),
+        );
         Metrics {
+            ha_leader,
+            ha_epoch,
+            ha_renewals,
+            ha_failures,
+            ha_takeovers,
             coverage,
             actions_open,
             registry,

@@ -12,6 +12,7 @@ mod api;
 mod approvals;
 mod auth;
 mod dashboard;
+pub mod ha;
 mod metrics;
 mod sched;
 mod tls;
@@ -53,6 +54,9 @@ impl Snapshot {
 /// A run going on in the daemon.
 struct LiveRun {
     events: broadcast::Sender<Record>,
+    /// Its own stop (no new steps) and abort (work in flight too).
+    stop: CancellationToken,
+    abort: CancellationToken,
 }
 
 /// The daemon's state, shared by the API, the scheduler and the run watchers.
@@ -66,9 +70,13 @@ pub struct Daemon {
     auth: auth::Auth,
     webhooks: webhooks::Webhooks,
     sched: sched::Schedules,
-    /// This node's name (high availability names nodes; one node for now).
+    /// This node's name: `ha.node`, or the host's name.
     node: String,
+    /// High availability: this node in its cluster (`None`: a daemon alone).
+    ha: Option<Arc<ha::Ha>>,
     ready: AtomicBool,
+    /// Shutting down: runs that end interrupted are left for the next start.
+    draining: AtomicBool,
     /// Where the API is reachable, for links in webhooks.
     base_url: RwLock<String>,
 }
@@ -114,6 +122,11 @@ impl Daemon {
         &self.engine.store
     }
 
+    /// Whether this node runs schedules and runs: always alone, the leader in a cluster.
+    fn is_leader(&self) -> bool {
+        self.ha.as_ref().is_none_or(|h| h.is_leader())
+    }
+
     /// Starts a run in the background; returns its id.
     async fn start_run(
         self: &Arc<Self>,
@@ -124,6 +137,12 @@ impl Daemon {
         scheduled: bool,
         ack: bool,
     ) -> Result<String, EngineError> {
+        if !self.is_leader() {
+            return Err(EngineError::Refused(format!(
+                "node {} stands by: runs start on the leader",
+                self.node
+            )));
+        }
         let snap = self.snapshot();
         let Some((rb, path, source)) = snap.runbook(runbook) else {
             return Err(EngineError::Invalid(format!("no runbook named `{runbook}`")));
@@ -171,6 +190,8 @@ impl Daemon {
             id.clone(),
             LiveRun {
                 events: handle.events_sender(),
+                stop: handle.stop.clone(),
+                abort: handle.abort.clone(),
             },
         );
         self.metrics.runs_active.inc();
@@ -210,10 +231,53 @@ impl Daemon {
                 Ok(st) => {
                     d.finished(&st);
                     d.archive(&st).await;
+                    if st.finished.is_none() {
+                        d.resume_later(&id);
+                    }
                 }
-                Err(e) => tracing::error!(run = %id, error = %e, "the run ended with an error; it is resumable"),
+                Err(EngineError::Store(e)) if e.is_fenced() => {
+                    tracing::error!(run = %id, error = %e, "a newer leader fenced this node's writes");
+                    ha::step_down(&d, ha::StepDown::Fenced, &e.to_string()).await;
+                }
+                Err(e) => {
+                    tracing::error!(run = %id, error = %e, "the run ended with an error; it is resumable");
+                    d.resume_later(&id);
+                }
             }
         });
+    }
+
+    /// A run that stopped without an end (the state store went away, this node paused
+    /// its runs) while this node still leads: resumed once the store answers again.
+    fn resume_later(self: &Arc<Self>, id: &str) {
+        let d = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(wait).await;
+                if d.draining.load(Ordering::SeqCst) || !d.is_leader() || d.is_running(&id) {
+                    return;
+                }
+                match d.state(&id) {
+                    Ok(st) if st.finished.is_some() && st.sealed => return,
+                    Ok(_) => match d.engine.resume(&id, false).await {
+                        Ok(h) => {
+                            tracing::info!(run = %id, "resuming the run");
+                            d.watch(h);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(run = %id, error = %e, "cannot resume yet; trying again"),
+                    },
+                    Err(e) => tracing::warn!(run = %id, error = %e, "cannot read the run yet; trying again"),
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
     }
 
     fn finished(&self, st: &RunState) {
@@ -366,8 +430,14 @@ pub fn run(cli: &Cli, print_routes: bool) -> CmdResult {
         let approvals = approvals::Approvals::new(metrics.clone(), webhooks.clone());
         let signer = drover_engine::evidence::Signer::load_or_create(&config.evidence.signing_key)
             .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
+        let ha = config.ha.as_ref().map(|h| Arc::new(ha::Ha::new(h)));
+        let node = ha.as_ref().map_or_else(crate::serve::hostname, |h| h.node.clone());
+        let mut store = super::commands::run::open_store(&config)?;
+        if ha.is_some() {
+            store = store.lock_scope(&node);
+        }
         let engine = Engine {
-            store: super::commands::run::open_store(&config)?,
+            store,
             registry: Arc::new(registry),
             config: Arc::new(config.clone()),
             observer: Arc::new(LogObserver),
@@ -388,8 +458,10 @@ pub fn run(cli: &Cli, print_routes: bool) -> CmdResult {
             auth,
             webhooks,
             sched: sched::Schedules::default(),
-            node: crate::serve::hostname(),
+            node,
+            ha,
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             base_url: RwLock::new(String::new()),
         });
         let tcp = tokio::net::TcpListener::bind(addr)
@@ -398,17 +470,26 @@ pub fn run(cli: &Cli, print_routes: bool) -> CmdResult {
         let local = tcp.local_addr().map_err(|e| Failure::Other(e.into()))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         *daemon.base_url.write().unwrap_or_else(|p| p.into_inner()) = format!("{scheme}://{local}");
-        resume_interrupted(&daemon, config.daemon.on_start).await;
-        daemon
-            .sched
-            .start(&daemon)
-            .await
-            .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
-        daemon.ready.store(true, Ordering::SeqCst);
+        let shutdown = CancellationToken::new();
+        // Leadership decides: the lease loop resumes runs and starts the schedules when
+        // this node leads. It goes on renewing while the runs drain on shutdown.
+        let lease_stop = CancellationToken::new();
+        let lease_loop = if daemon.ha.is_some() {
+            Some(tokio::spawn(ha::run(daemon.clone(), lease_stop.clone())))
+        } else {
+            resume_interrupted(&daemon, config.daemon.on_start).await;
+            daemon
+                .sched
+                .start(&daemon)
+                .await
+                .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
+            daemon.metrics.ha_leader.set(1);
+            daemon.ready.store(true, Ordering::SeqCst);
+            None
+        };
         tracing::info!(%local, node = %daemon.node, "drover serve: listening");
         // One line on stdout for whoever started us (tests, scripts): where we listen.
         println!("listening on {scheme}://{local}");
-        let shutdown = CancellationToken::new();
         let signals = tokio::spawn(watch_signals(daemon.clone(), shutdown.clone()));
         let router = api::router(daemon.clone());
         let served = match tls {
@@ -430,6 +511,11 @@ pub fn run(cli: &Cli, print_routes: bool) -> CmdResult {
         }
         drain(&daemon, config.daemon.shutdown_grace.0).await;
         daemon.sched.shutdown().await;
+        lease_stop.cancel();
+        if let Some(l) = lease_loop {
+            let _ = l.await;
+        }
+        ha::release(&daemon).await;
         daemon.store().sync().await.map_err(|e| Failure::Other(e.into()))?;
         Ok::<_, Failure>(Exit::Passed)
     })
@@ -441,7 +527,7 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// On start: resume (or hold) every run left interrupted.
+/// On start (or on becoming the leader): resume (or hold) every run left interrupted.
 async fn resume_interrupted(d: &Arc<Daemon>, on_start: OnStart) {
     let rows = match d.store().runs(10_000) {
         Ok(r) => r,
@@ -451,7 +537,7 @@ async fn resume_interrupted(d: &Arc<Daemon>, on_start: OnStart) {
         }
     };
     for r in rows.iter().filter(|r| r.state != "finished") {
-        if drover_engine::is_live(d.store(), &r.id) {
+        if d.is_running(&r.id) || drover_engine::is_live(d.store(), &r.id) {
             continue;
         }
         match on_start {
@@ -484,6 +570,7 @@ async fn watch_signals(d: Arc<Daemon>, shutdown: CancellationToken) {
         }
     }
     tracing::info!("shutting down: no new runs; steps in flight go on to a journaled point");
+    d.draining.store(true, Ordering::SeqCst);
     d.ready.store(false, Ordering::SeqCst);
     shutdown.cancel();
 }

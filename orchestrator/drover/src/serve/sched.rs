@@ -182,6 +182,11 @@ impl Schedules {
 
 /// A schedule fires: start its run, or record why not.
 async fn fire(d: &Arc<Daemon>, name: &str) {
+    // Only the leader fires (a standby's scheduler is stopped; this covers the moment
+    // of a step-down).
+    if !d.is_leader() {
+        return;
+    }
     let snap = d.snapshot();
     let Some(s) = snap.config.schedules.iter().find(|s| s.name.value == name) else {
         return;

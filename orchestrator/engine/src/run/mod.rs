@@ -303,12 +303,12 @@ impl Engine {
                 finished_at: None,
             };
             let clock = RunClock::start();
-            let (make, redact) = (started.clone(), redact.clone());
+            let (make, redact, writer) = (started.clone(), redact.clone(), self.store.writer());
             crate::crash::point("start.before_commit");
             let created = self
                 .store
                 .create_run(row, admission, move |number| {
-                    first_record(make(number), clock, &redact).map(|(_, json)| json)
+                    first_record(make(number), clock, &redact, writer).map(|(_, json)| json)
                 })
                 .await?;
             match created {
@@ -435,6 +435,7 @@ impl Engine {
                 "run {run_id} is still running in another process"
             )));
         };
+        self.store.reopen(run_id);
         let (state, head) = self.read(run_id).await?;
         let (stop, abort, events) = self.handle_parts();
         let journal = self.reopen_journal(&state, head, self.fanout(&events));

@@ -141,7 +141,60 @@ CREATE TABLE leases (
 );
 INSERT INTO leases (name, holder, epoch, expires_at) VALUES ('leader', NULL, 0, 'epoch');
 "#,
+    // Fencing: a connection that writes as a leader says its epoch
+    // (`set_config('drover.epoch', N, false)`); every write of run state is refused in
+    // its own transaction when the lease has moved on to a newer epoch. The check reads
+    // the lease row FOR SHARE, so a node taking the lease waits for the writes in
+    // flight: a write either lands before the new epoch exists or not at all.
+    // Connections that say no epoch (the CLI, a single daemon) are not fenced.
+    r#"
+CREATE FUNCTION drover_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    mine TEXT := current_setting('drover.epoch', true);
+    lease_epoch BIGINT;
+    lease_holder TEXT;
+BEGIN
+    IF mine IS NULL OR mine = '' THEN
+        RETURN NULL;
+    END IF;
+    SELECT epoch, holder INTO lease_epoch, lease_holder FROM leases WHERE name = 'leader' FOR SHARE;
+    IF lease_epoch > mine::BIGINT THEN
+        RAISE EXCEPTION 'fenced: this node wrote as the leader of epoch %, but % leads at epoch % now',
+            mine, coalesce(lease_holder, 'nobody'), lease_epoch
+            USING ERRCODE = 'DR001';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER journal_fence BEFORE INSERT ON journal
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+CREATE TRIGGER runs_fence BEFORE INSERT OR UPDATE OR DELETE ON runs
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+CREATE TRIGGER service_locks_fence BEFORE INSERT OR UPDATE OR DELETE ON service_locks
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+CREATE TRIGGER change_numbers_fence BEFORE INSERT OR UPDATE OR DELETE ON change_numbers
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+CREATE TRIGGER schedule_firings_fence BEFORE INSERT OR UPDATE OR DELETE ON schedule_firings
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+CREATE TRIGGER actions_fence BEFORE INSERT ON actions
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+CREATE TRIGGER action_events_fence BEFORE INSERT ON action_events
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+CREATE TRIGGER action_numbers_fence BEFORE INSERT OR UPDATE OR DELETE ON action_numbers
+    FOR EACH STATEMENT EXECUTE FUNCTION drover_fence();
+-- The daemons of a cluster, each seen at its last lease attempt (not fenced: standbys
+-- write here too).
+CREATE TABLE members (
+    node      TEXT COLLATE "C" PRIMARY KEY,
+    site      TEXT,
+    address   TEXT,
+    last_seen TIMESTAMPTZ NOT NULL
+);
+"#,
 ];
+
+/// The SQLSTATE of a write refused by the fence.
+pub const FENCED: &str = "DR001";
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -177,6 +230,10 @@ fn percent_decode(s: &str) -> String {
 impl PgTarget {
     /// Parses the URL, taking out the TLS options drover handles itself (tokio-postgres
     /// knows neither `sslrootcert` nor the `verify-*` modes).
+    pub(crate) fn set_password(&mut self, password: &str) {
+        self.config.password(password);
+    }
+
     pub(crate) fn parse(url: &str) -> StoreResult<PgTarget> {
         let mut sslmode = "prefer";
         let mut root_cert = None;
@@ -338,6 +395,8 @@ pub(crate) struct PgConn {
     client: Client,
     target: PgTarget,
     statements: HashMap<String, Statement>,
+    /// The leadership epoch this connection writes with (said again on a reconnect).
+    epoch: Option<i64>,
 }
 
 impl PgConn {
@@ -353,7 +412,20 @@ impl PgConn {
             client,
             target,
             statements: HashMap::new(),
+            epoch: None,
         })
+    }
+
+    /// Tells the server the epoch this session writes with (empty: none).
+    fn say_epoch(&mut self) -> StoreResult<()> {
+        let epoch = self.epoch.map(|e| e.to_string()).unwrap_or_default();
+        self.rt
+            .block_on(
+                self.client
+                    .execute("SELECT set_config('drover.epoch', $1, false)", &[&epoch]),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn err(&self, source: tokio_postgres::Error) -> StoreError {
@@ -367,6 +439,9 @@ impl PgConn {
             tracing::info!(store = %self.target.label, "reconnecting to the state store");
             self.client = self.rt.block_on(self.target.connect())?;
             self.statements.clear();
+            if self.epoch.is_some() {
+                self.say_epoch()?;
+            }
         }
         Ok(())
     }
@@ -504,6 +579,12 @@ impl Conn for PgConn {
     fn sync(&mut self) -> StoreResult<()> {
         // A commit returns once PostgreSQL has flushed it (synchronous_commit).
         Ok(())
+    }
+
+    fn set_epoch(&mut self, epoch: Option<i64>) -> StoreResult<()> {
+        self.epoch = epoch;
+        self.ensure_open()?;
+        self.say_epoch()
     }
 
     /// One round trip: BEGIN, the inserts and COMMIT are pipelined (each with its own

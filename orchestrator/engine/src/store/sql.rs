@@ -135,6 +135,11 @@ pub(crate) trait Conn: Send {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Sql) -> StoreResult<()>) -> StoreResult<()>;
     /// Makes everything committed so far durable.
     fn sync(&mut self) -> StoreResult<()>;
+    /// The leadership epoch this connection's writes are fenced with (PostgreSQL; a
+    /// SQLite store has one node and no fence).
+    fn set_epoch(&mut self, _epoch: Option<i64>) -> StoreResult<()> {
+        Ok(())
+    }
     /// Stores journal records (run, seq, record) in one transaction: all or none.
     fn append(&mut self, rows: &[(&str, u64, &str)]) -> StoreResult<()> {
         self.transaction(&mut |tx| {

@@ -552,3 +552,150 @@ fn a_sqlite_store_has_no_lease() {
         .unwrap_err();
     assert!(e.to_string().contains("needs a PostgreSQL state store"), "{e}");
 }
+
+#[test]
+fn a_writer_of_an_older_epoch_is_fenced_in_the_same_transaction() {
+    let (pair, url) = postgres_url();
+    let _keep = pair;
+    let east = Store::open_url(&url).unwrap();
+    let west = Store::open_url(&url).unwrap();
+    let cli = Store::open_url(&url).unwrap();
+    rt().block_on(async {
+        let long = Duration::from_secs(3600);
+        let a = east.acquire_lease("leader", "east", long).await.unwrap().unwrap();
+        east.set_writer(Some(Writer {
+            node: "east".into(),
+            epoch: a.epoch,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(east.writer().map(|w| w.epoch), Some(1));
+        create(&east, run_row("r1", "svc", "drill"), Admission::default())
+            .await
+            .unwrap();
+        append(&east, "r1", 1).await.unwrap();
+        // The lease ends (east is paused, cut off...) and west takes it: epoch 2.
+        east.acquire_lease("leader", "east", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = west.acquire_lease("leader", "west", long).await.unwrap().unwrap();
+        assert_eq!(b.epoch, 2);
+        west.set_writer(Some(Writer {
+            node: "west".into(),
+            epoch: b.epoch,
+        }))
+        .await
+        .unwrap();
+        // Every write east makes now is refused, and nothing of it lands: a journal
+        // append, a finish (records, run row and lock in one transaction), a new run.
+        let e = append(&east, "r1", 2).await.unwrap_err();
+        assert!(e.is_fenced(), "{e}");
+        assert!(e.to_string().contains("west leads at epoch 2"), "{e}");
+        store_reopen_and_check(&east, "r1").await;
+        east.reopen("r1");
+        let e = finish(&east, "r1", 2, "passed", LockRelease::Free).await.unwrap_err();
+        assert!(e.is_fenced(), "{e}");
+        let e = east
+            .create_run(run_row("r2", "other", "drill"), Admission::default(), |_| {
+                Ok(r#"{"seq":0}"#.into())
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_fenced(), "{e}");
+        let e = east
+            .record_firing(Firing {
+                schedule: "nightly".into(),
+                at: "2026-12-02T01:00:00Z".into(),
+                outcome: "started".into(),
+                run_id: None,
+                reason: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_fenced(), "{e}");
+        assert_eq!(west.records("r1").unwrap().len(), 2);
+        assert!(west.run("r2").unwrap().is_none());
+        assert_eq!(west.run("r1").unwrap().unwrap().state, "running");
+        assert!(west.firings("nightly", 10).unwrap().is_empty());
+        // The new leader writes; so does a connection that writes as no leader (the CLI).
+        append(&west, "r1", 2).await.unwrap();
+        append(&cli, "r1", 3).await.unwrap();
+        finish(&west, "r1", 4, "passed", LockRelease::Free).await.unwrap();
+        assert_eq!(west.run("r1").unwrap().unwrap().outcome.as_deref(), Some("passed"));
+    });
+}
+
+/// After a refused append the run's records are refused until it is reopened.
+async fn store_reopen_and_check(store: &Store, run: &str) {
+    let e = append(store, run, 3).await.unwrap_err();
+    assert!(
+        e.to_string().contains("an earlier record of this run was not stored"),
+        "{e}"
+    );
+    store.reopen(run);
+    // Reopened: the next append reaches the database (and is fenced there).
+    let e = append(store, run, 2).await.unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+}
+
+#[test]
+fn the_fence_survives_a_reconnect_and_members_are_seen_by_the_database_clock() {
+    let (pair, url) = postgres_url();
+    let east = Store::open_url(&url).unwrap();
+    let west = Store::open_url(&url).unwrap();
+    rt().block_on(async {
+        let long = Duration::from_secs(3600);
+        east.acquire_lease("leader", "east", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        east.set_writer(Some(Writer {
+            node: "east".into(),
+            epoch: 1,
+        }))
+        .await
+        .unwrap();
+        create(&east, run_row("r1", "svc", "drill"), Admission::default())
+            .await
+            .unwrap();
+        let b = west.acquire_lease("leader", "west", long).await.unwrap().unwrap();
+        assert_eq!(b.epoch, 2);
+        // The server restarts: east's connections are cut and opened again; the epoch
+        // it writes with is said again on the new connection, so it stays fenced.
+        pair.stop_primary().unwrap();
+        pair.start_primary().unwrap();
+        let mut fenced = None;
+        for _ in 0..50 {
+            match append(&east, "r1", 1).await {
+                Err(e) if e.is_fenced() => {
+                    fenced = Some(e);
+                    break;
+                }
+                Err(_) => {
+                    east.reopen("r1");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(()) => panic!("a fenced writer's append landed after a reconnect"),
+            }
+        }
+        assert!(fenced.is_some(), "never reached the database again");
+        // West's connections meet the cut at their first statement, then reconnect.
+        let _ = west.records("r1");
+        assert_eq!(west.records("r1").unwrap().len(), 1);
+        east.heartbeat("east", Some("east-dc"), Some("https://127.0.0.1:1"))
+            .await
+            .unwrap();
+        let _ = west.heartbeat("west", None, None).await;
+        west.heartbeat("west", None, None).await.unwrap();
+        let members = west.members().unwrap();
+        assert_eq!(
+            members
+                .iter()
+                .map(|m| (m.node.as_str(), m.site.as_deref()))
+                .collect::<Vec<_>>(),
+            [("east", Some("east-dc")), ("west", None)]
+        );
+        assert!(members.iter().all(|m| (0..5_000).contains(&m.age_ms)), "{members:?}");
+    });
+}
