@@ -18,6 +18,12 @@ use crate::support::{Fixture, drover_bin};
 /// The lease of the test clusters: renewed every 667 ms.
 const LEASE_S: f64 = 2.0;
 
+/// What the bounds of the protocol (the lease plus one renewal interval) allow on top
+/// for polling and a loaded machine. The figures themselves are measured by
+/// `benches/ha.rs` (docs/BENCHMARKS.md); these only catch a takeover that is late by
+/// a whole lease.
+const SLACK_S: f64 = 1.5;
+
 const CMDB: &str = "tiers: {gold: {rto: 15m, rpo: 1m}}\nitems:\n  - {id: svc, kind: business_service, tier: gold}\n  - {id: other, kind: business_service}\n";
 
 /// A chain of `n` steps of `secs` each; every step logs its start and its end.
@@ -328,6 +334,8 @@ fn two_daemons_elect_one_leader_and_a_standby_serves_reads_and_points_to_the_lea
     assert!(metrics.contains("drover_ha_epoch 1"), "{metrics}");
     let (_, metrics) = west.call("GET", "/metrics", Some(token("viewer")), None);
     assert!(metrics.contains("drover_ha_leader 0"), "{metrics}");
+    let (_, page) = west.call("GET", "/", Some(token("viewer")), None);
+    assert!(page.contains("west (standby; the leader is east)"), "{page}");
     let config = c.fx.read("drover-west.yaml");
     assert!(!config.contains(c.pg.password()), "{config}");
     assert!(!metrics.contains("drover_ha_lease_renewals_total 0"), "{metrics}");
@@ -345,7 +353,7 @@ fn kill_9_of_the_leader_mid_drill_the_standby_takes_over_and_the_run_passes() {
     let took = wait_role(&west, "leader", Duration::from_secs(20));
     // Within the lease plus one renewal (and the poll's slack).
     assert!(
-        took.as_secs_f64() <= LEASE_S + LEASE_S / 3.0 + 0.5,
+        took.as_secs_f64() <= LEASE_S + LEASE_S / 3.0 + SLACK_S,
         "takeover took {took:?}"
     );
     let done = wait_end(&west, &id, Duration::from_secs(60));
@@ -439,7 +447,7 @@ fn a_leader_cut_off_from_the_store_stops_and_the_standby_takes_over() {
     wait_role(&east, "standby", Duration::from_secs(10));
     let stepped_down = cut.elapsed();
     assert!(
-        stepped_down.as_secs_f64() <= LEASE_S + LEASE_S / 3.0 + 0.5,
+        stepped_down.as_secs_f64() <= LEASE_S + LEASE_S / 3.0 + SLACK_S,
         "east stepped down after {stepped_down:?}"
     );
     wait_role(&west, "leader", Duration::from_secs(20));

@@ -171,6 +171,14 @@ pub fn text(v: &RunView, color: bool) -> String {
     if let Some(a) = &v.acknowledged {
         let _ = writeln!(out, "  acknowledged by {} at {}: {}", a.by, a.at, a.reason);
     }
+    if !v.writers.is_empty() {
+        let nodes: Vec<String> = v
+            .writers
+            .iter()
+            .map(|w| format!("{} (epoch {}, records {}-{})", w.node, w.epoch, w.first_seq, w.last_seq))
+            .collect();
+        let _ = writeln!(out, "  run by: {}", nodes.join(", then "));
+    }
     match &v.archive {
         Some(a) if a.status == "archived" => {
             let _ = writeln!(out, "  evidence archived: {}", crate::archive::describe(a));

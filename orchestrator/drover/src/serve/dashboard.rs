@@ -38,7 +38,7 @@ th { background: #eef1f5; font-weight: 600; } td.num { text-align: right; font-v
 .charts { display: flex; flex-wrap: wrap; gap: 1em; } .chart { background: #fff; padding: .5em; }
 input[type=text] { width: 18em; } code { font-size: .9em; }
 </style></head><body>
-<header><div><strong>drover</strong> · {{ node }} · signed in as {{ who }} ({{ role }})</div>
+<header><div><strong>drover</strong> · {{ node }}{% if cluster_role %} ({{ cluster_role }}{% if leader and cluster_role != "leader" %}; the leader is {{ leader }}{% endif %}){% endif %} · signed in as {{ who }} ({{ role }})</div>
 <form method="post" action="/logout"><button>Sign out</button></form></header>
 <main>
 {% if message %}<p class="miss">{{ message }}</p>{% endif %}
@@ -156,7 +156,10 @@ pub async fn page(State(d): State<Arc<Daemon>>, c: Option<axum::Extension<Caller
         .get_template("page.html")
         .and_then(|t| {
             t.render(context! {
-                node => d.node, who => c.name, role => format!("{:?}", c.role).to_lowercase(),
+                node => d.node,
+                cluster_role => d.ha.as_ref().map(|h| if h.is_leader() { "leader" } else { "standby" }),
+                leader => d.ha.as_ref().and_then(|h| h.leader()),
+                who => c.name, role => format!("{:?}", c.role).to_lowercase(),
                 can_operate => super::auth::allows(c.role, drover_model::config::Role::Operator),
                 csrf => c.csrf, gates, runs => rows, services => services.into_values().collect::<Vec<_>>(),
                 schedules => d.sched.views(&d), message => Option::<String>::None, coverage,

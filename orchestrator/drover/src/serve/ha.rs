@@ -12,9 +12,10 @@
 //!
 //! This node's own view is conservative: it counts its lease from the moment it *sent*
 //! the renewal, by its monotonic clock, so it believes it has lost the lease before the
-//! database does. A leader that cannot renew within the lease stops starting steps and
-//! stands by; a leader whose writes are refused as fenced stops its runs' work in
-//! flight at once. A node that becomes leader resumes every run left in flight (the
+//! database does. A leader that misses two renewals stops starting steps; one that
+//! cannot renew within the lease cancels its runs' work in flight and stands by, before
+//! any other node can take over; a leader whose writes are refused as fenced does the
+//! same at once. A node that becomes leader resumes every run left in flight (the
 //! normal resume path) and starts the schedules.
 
 use std::sync::Arc;
@@ -48,13 +49,13 @@ struct HaState {
     lease: Option<Lease>,
 }
 
-/// Why a leader stops leading.
+/// Why a leader stops leading. Either way its runs' work in flight stops: another node
+/// may take the lease from now on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepDown {
-    /// It could not renew within the lease: no new steps; steps in flight go on to a
-    /// journaled end if they can.
+    /// It could not renew within the lease.
     Unrenewed,
-    /// Another node leads at a newer epoch: work in flight stops now.
+    /// Another node leads at a newer epoch.
     Fenced,
 }
 
@@ -150,13 +151,27 @@ pub async fn run(d: Arc<Daemon>, shutdown: CancellationToken) {
                 tracing::warn!(node = %ha.node, "the leadership lease attempt timed out after {every:?}");
             }
         }
-        if ha.is_leader() && renewed_at.is_none_or(|t| t.elapsed() >= ha.lease) {
+        let unrenewed = renewed_at.map_or(ha.lease, |t| t.elapsed());
+        if ha.is_leader() && unrenewed >= ha.lease {
             step_down(
                 &d,
                 StepDown::Unrenewed,
                 &format!("the lease could not be renewed within {:?}", ha.lease),
             )
             .await;
+        } else if ha.is_leader() && unrenewed >= ha.lease * 2 / 3 {
+            // Two renewals missed: no new steps; the runs stop at a journaled point and
+            // are resumed if the lease is renewed after all.
+            let mut paused = 0;
+            for run in d.runs.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                if !run.stop.is_cancelled() {
+                    run.stop.cancel();
+                    paused += 1;
+                }
+            }
+            if paused > 0 {
+                tracing::warn!(node = %ha.node, runs = paused, "the lease is not being renewed: no new steps until it is");
+            }
         }
         if !d.draining.load(Ordering::SeqCst) {
             d.ready.store(true, Ordering::SeqCst);
@@ -208,9 +223,8 @@ async fn become_leader(d: &Arc<Daemon>, ha: &Ha, epoch: i64) {
     }
 }
 
-/// Stops leading: the schedules stop, and the runs in flight stop starting steps (or,
-/// fenced, stop their work in flight too). They end interrupted; the next leader, this
-/// node or another, resumes them.
+/// Stops leading: the schedules stop, and the runs in flight stop, work in flight
+/// included. They end interrupted; the next leader, this node or another, resumes them.
 pub async fn step_down(d: &Arc<Daemon>, why: StepDown, reason: &str) {
     let Some(ha) = &d.ha else { return };
     {
@@ -225,8 +239,6 @@ pub async fn step_down(d: &Arc<Daemon>, why: StepDown, reason: &str) {
     d.sched.shutdown().await;
     for run in d.runs.lock().unwrap_or_else(|p| p.into_inner()).values() {
         run.stop.cancel();
-        if why == StepDown::Fenced {
-            run.abort.cancel();
-        }
+        run.abort.cancel();
     }
 }
