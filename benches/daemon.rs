@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common.rs"]
 mod common;
-use common::{arg, binary};
+use common::{arg, binary, sha256_hex};
 
 fn kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -190,16 +190,4 @@ fn main() -> ExitCode {
         if finished { "no" } else { "yes" }
     );
     ExitCode::SUCCESS
-}
-
-/// SHA-256 hex of `s`, by `sha256sum` (keeps this bench free of a hashing crate).
-fn sha256_hex(s: &str) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
 }

@@ -1,7 +1,8 @@
 //! High availability: takeover time. Two released `drover serve` daemons (nodes `east`
 //! and `west`) share a real PostgreSQL state store from the lab (a fresh database per
 //! trial). East leads and runs a drill (a chain of 40 steps of 0.25 s); once two steps
-//! are done it is killed with SIGKILL. Measured, from the kill (wall clock, one machine):
+//! are done, and after a delay that puts the kill at a different point of the renewal
+//! cycle in each trial, it is killed with SIGKILL. Measured, from the kill (wall clock, one machine):
 //!
 //! - **leader**: until west's `/readyz` says `leader` (polled every 10 ms);
 //! - **resumed**: until west's first journal record of the run (`resumed`);
@@ -26,7 +27,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{arg, binary};
+use common::{arg, binary, sha256_hex};
 use drover_lab::{Node, PgPair};
 use serde_json::Value;
 
@@ -116,6 +117,7 @@ fn main() -> ExitCode {
         eprintln!("{} is missing: cargo build --release -p drover", bin.display());
         return ExitCode::FAILURE;
     }
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let pg = PgPair::start_single().expect("start PostgreSQL");
     let http = Http {
         rt: tokio::runtime::Builder::new_current_thread()
@@ -190,6 +192,11 @@ fn main() -> ExitCode {
                 .as_array()
                 .is_some_and(|s| s.iter().filter(|s| s["status"] == "ok").count() >= 2)
         });
+        // The kill lands at a different moment of the renewal cycle in each trial
+        // (spread evenly over one renewal interval), since that moment decides how much
+        // of the lease is left.
+        let phase = (trial as f64 * 0.618_033_988_7).fract();
+        std::thread::sleep(Duration::from_secs_f64(phase * lease as f64 / 3.0));
         let killed = SystemTime::now();
         let _ = east.child.kill();
         let _ = east.child.wait();
@@ -260,16 +267,4 @@ fn main() -> ExitCode {
         if max < goal { "met" } else { "MISSED" }
     );
     ExitCode::SUCCESS
-}
-
-/// SHA-256 hex of `s`, by `sha256sum` (keeps this bench free of a hashing crate).
-fn sha256_hex(s: &str) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }

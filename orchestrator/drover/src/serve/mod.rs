@@ -267,7 +267,13 @@ impl Daemon {
                             d.watch(h);
                             return;
                         }
-                        Err(e) => tracing::warn!(run = %id, error = %e, "cannot resume yet; trying again"),
+                        Err(EngineError::Store(e)) => {
+                            tracing::warn!(run = %id, error = %e, "cannot resume yet; trying again");
+                        }
+                        Err(e) => {
+                            tracing::error!(run = %id, error = %e, "cannot resume the run; it waits for an operator");
+                            return;
+                        }
                     },
                     Err(e) => tracing::warn!(run = %id, error = %e, "cannot read the run yet; trying again"),
                 }
