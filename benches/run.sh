@@ -43,7 +43,7 @@ while [[ $# -gt 0 ]]; do
         --rounds) rounds="$2"; shift ;;
         --out) out="$2"; shift ;;
         --no-install) install="" ;;
-        --only) only=",$2," ;;
+        --only) only=",$2,"; shift ;;
         -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac

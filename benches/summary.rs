@@ -189,13 +189,25 @@ fn peer_cell(d: &Data, bench: &str, tool: &str, case: &str, v: Option<f64>, unit
     }
 }
 
+/// A row saying that a bench gave nothing (it failed or did not run); noted as missing.
+fn no_results(d: &mut Data, rows: &mut Vec<Row>, bench: &str, why: &str) {
+    d.missing.push(format!("{bench}: {why}"));
+    rows.push(Row {
+        what: format!("{bench}: **no results**"),
+        vs_peer: "-".into(),
+        vs_goal: why.into(),
+        drover: "-".into(),
+        peer: "see the bench's log in the output folder's logs/".into(),
+        goal: "-".into(),
+    });
+}
+
 fn engine_rows(d: &mut Data, rows: &mut Vec<Row>) {
     if !d.ran("engine") {
         return;
     }
     if !d.has_bench("engine") {
-        d.missing
-            .push("engine: no results (the bench failed or did not run)".into());
+        no_results(d, rows, "engine", "the bench failed or did not run");
         return;
     }
     let chains: Vec<usize> = {
@@ -349,8 +361,7 @@ fn rto_rows(d: &mut Data, rows: &mut Vec<Row>) {
     }
     let cases = d.cases("rto", "drover", "rto_excess");
     if cases.is_empty() {
-        d.missing
-            .push("rto: no results (the bench failed or did not run)".into());
+        no_results(d, rows, "rto", "the bench failed or did not run");
     }
     for (case, _) in cases {
         let over = d.med("rto", "drover", &case, "rto_excess");
@@ -383,8 +394,7 @@ fn s3_rows(d: &mut Data, rows: &mut Vec<Row>) {
         return;
     }
     if !d.has_bench("s3") {
-        d.missing
-            .push("s3: no results (the bench failed or did not run)".into());
+        no_results(d, rows, "s3", "the bench failed or did not run");
         return;
     }
     let mut peak = None::<f64>;
@@ -432,8 +442,12 @@ fn plan_rows(d: &mut Data, rows: &mut Vec<Row>) {
     }
     let cases = d.cases("plan", "drover", "e2e_plan");
     if cases.is_empty() {
-        d.missing
-            .push("plan: no end-to-end results (the bench failed, did not run, or had no binary)".into());
+        no_results(
+            d,
+            rows,
+            "plan",
+            "no end-to-end results (the bench failed, did not run, or had no binary)",
+        );
     }
     for (case, _) in cases {
         let plan = d.med("plan", "drover", &case, "e2e_plan");
@@ -461,8 +475,7 @@ fn daemon_rows(d: &mut Data, rows: &mut Vec<Row>) {
         return;
     }
     if !d.has_bench("daemon") {
-        d.missing
-            .push("daemon: no results (the bench failed or did not run)".into());
+        no_results(d, rows, "daemon", "the bench failed or did not run");
         return;
     }
     let idle = d.med("daemon", "drover", "idle", "idle_rss");
@@ -543,8 +556,7 @@ fn store_rows(d: &mut Data, rows: &mut Vec<Row>) {
         return;
     }
     if !d.has_bench("store") {
-        d.missing
-            .push("store: no results (the bench failed or did not run)".into());
+        no_results(d, rows, "store", "the bench failed or did not run");
         return;
     }
     let sqlite = "SQLite (WAL, synchronous=NORMAL)";
