@@ -10,8 +10,10 @@
 //! cargo build --release -p drover && cargo bench -p drover-benches --bench daemon
 //! ```
 //!
-//! Arguments: `--rate N` (requests per second, default 200), `--seconds S` (default 10).
-//! `DROVER_BIN` overrides the binary. Results are recorded in `docs/BENCHMARKS.md`.
+//! Arguments: `--rate N` (requests per second, default 200), `--seconds S` (default 10),
+//! `--steps N` (steps of the drill, default 100), `--json FILE` (see
+//! `benches/common.rs`). `DROVER_BIN` overrides the binary. Results are recorded in
+//! `docs/BENCHMARKS.md`. Fails when no request was answered.
 
 use std::io::{BufRead, BufReader, Write};
 
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common.rs"]
 mod common;
-use common::{arg, binary, sha256_hex};
+use common::{Results, arg, binary, sha256_hex};
 
 fn kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -36,6 +38,8 @@ fn kib(pid: u32, field: &str) -> u64 {
 fn main() -> ExitCode {
     let rate = arg("--rate", 200);
     let seconds = arg("--seconds", 10);
+    let n_steps = arg("--steps", 100);
+    let results = Results::from_args("daemon");
     let bin = binary();
     if !bin.exists() {
         eprintln!("{} is missing: cargo build --release -p drover", bin.display());
@@ -68,7 +72,7 @@ fn main() -> ExitCode {
     )
     .unwrap();
     std::fs::write(p("cmdb.yaml"), "items:\n  - {id: svc, kind: business_service}\n").unwrap();
-    let steps: String = (0..100)
+    let steps: String = (0..n_steps)
         .map(|i| format!("  - {{id: s{i}, uses: exec.run, with: {{command: [sleep, \"1\"]}}}}\n"))
         .collect();
     std::fs::write(
@@ -164,6 +168,30 @@ fn main() -> ExitCode {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let _ = child.kill();
     let _ = child.wait();
+    let case = format!("GET /api/v1/runs/ID at {rate}/s for {seconds} s during a drill");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    results.sample("drover", "idle", None, "idle_rss", "MiB", mib(idle_rss));
+    results.sample("drover", &case, None, "peak_rss", "MiB", mib(peak_rss));
+    results.sample("drover", &case, None, "p50", "ms", ms(pct(0.50)));
+    results.sample("drover", &case, None, "p99", "ms", ms(pct(0.99)));
+    results.sample(
+        "drover",
+        &case,
+        None,
+        "max",
+        "ms",
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+    results.sample("drover", &case, None, "ok", "requests", lat.len() as f64);
+    results.sample("drover", &case, None, "failed", "requests", errors as f64);
+    results.sample(
+        "drover",
+        &case,
+        None,
+        "drill_running",
+        "bool",
+        if finished { 0.0 } else { 1.0 },
+    );
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "| what | value |\n|---|--:|");
     let _ = writeln!(out, "| idle RSS after start | {:.1} MiB |", idle_rss as f64 / 1024.0);
@@ -189,5 +217,9 @@ fn main() -> ExitCode {
         "| drill still running during the whole load | {} |",
         if finished { "no" } else { "yes" }
     );
+    if lat.is_empty() {
+        eprintln!("error: no request was answered");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{arg, binary, sha256_hex};
+use common::{Results, arg, binary, sha256_hex};
 use drover_lab::{Node, PgPair};
 use serde_json::Value;
 
@@ -112,6 +112,8 @@ fn secs(from: SystemTime, to: SystemTime) -> f64 {
 fn main() -> ExitCode {
     let trials = arg("--trials", 10) as usize;
     let lease = arg("--lease", 5);
+    let results = Results::from_args("ha");
+    let case = format!("kill -9 of the leader, lease {lease}s");
     let bin = binary();
     if !bin.exists() {
         eprintln!("{} is missing: cargo build --release -p drover", bin.display());
@@ -228,6 +230,8 @@ fn main() -> ExitCode {
         });
         let (resumed, step) = firsts.unwrap();
         rows.push((leader, secs(killed, resumed), secs(killed, step)));
+        results.sample("drover", &case, None, "leader_s", "s", leader);
+        results.sample("drover", &case, None, "first_step_s", "s", secs(killed, step));
         eprintln!(
             "trial {}: leader after {leader:.2} s, resumed after {:.2} s, first step after {:.2} s",
             trial + 1,
@@ -266,5 +270,7 @@ fn main() -> ExitCode {
         "\nProtocol bound (lease + one renewal interval): {bound:.2} s. Goal: under lease + 2 s = {goal:.1} s: median {med:.2} s, max {max:.2} s: {}.",
         if max < goal { "met" } else { "MISSED" }
     );
+    results.sample("drover", &case, None, "first_step_max_s", "s", max);
+    results.sample("goal", &case, None, "first_step_max_s", "s", goal);
     ExitCode::SUCCESS
 }

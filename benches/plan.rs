@@ -1,19 +1,30 @@
-//! Planning at estate scale: a generated CMDB of 20,000 CIs (a layered DAG, each CI
-//! depending on 1-3 CIs of lower layers) and a runbook of 2,000 steps bound to random
+//! Planning at estate scale: a generated CMDB of 100,000 CIs (a layered DAG, each CI
+//! depending on 1-3 CIs of lower layers) and a runbook of 10,000 steps bound to random
 //! CIs, some with explicit `needs`. Times, as medians of several runs: reading the YAML
 //! into typed values, the semantic checks, loading and checking the files from disk
-//! (what `drover validate` does), building the CMDB graph, and planning.
+//! (what `drover validate` does), building the CMDB graph, and planning; then the
+//! release binary end to end, `drover validate` and `drover plan estate --format json`
+//! (which loads, checks and plans), each its own process, with its wall time and peak
+//! RSS (GNU time's `%M`, the kernel's `ru_maxrss` of the process). Goal: validate and
+//! plan under 2 s.
 //!
 //! `cargo bench -p drover-benches --bench plan` (a plain `main`, no harness); results
-//! are recorded in `docs/BENCHMARKS.md`. Arguments: `--cis N --steps N --iterations N`.
+//! are recorded in `docs/BENCHMARKS.md`. Arguments: `--cis N --steps N --iterations N
+//! --warmup N --shapes random,bimodal --json FILE` (see `benches/common.rs`);
+//! `DROVER_BIN` overrides the binary (the end-to-end rows are skipped when it is missing).
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_model::graph::CiGraph;
 use drover_model::node::parse_yaml;
 use drover_model::{Cmdb, Config, Runbook, RunbookFile, Workspace, from_node};
 use drover_plugin_api::Registry;
+
+#[path = "common.rs"]
+mod common;
+use common::{Results, arg_str, binary};
 
 /// splitmix64: a small deterministic generator, so every run plans the same estate.
 struct Rng(u64);
@@ -128,9 +139,11 @@ fn registry() -> Registry {
     reg
 }
 
-/// Runs `f` once to warm up, then `n` times; returns the timings sorted.
-fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
-    std::hint::black_box(f());
+/// Runs `f` `warmup` times to warm up, then `n` times; returns the timings sorted.
+fn time<T>(warmup: usize, n: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
+    for _ in 0..warmup {
+        std::hint::black_box(f());
+    }
     let mut out: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -147,12 +160,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
+    common::arg(name, default as u64) as usize
 }
 
 fn write_files(dir: &Path, e: &Estate) {
@@ -162,18 +170,87 @@ fn write_files(dir: &Path, e: &Estate) {
     std::fs::write(dir.join("runbooks/estate.yaml"), &e.runbook).unwrap();
 }
 
+/// One end-to-end run of the release binary under GNU time: wall ms and peak RSS in KiB.
+fn process(bin: &Path, dir: &Path, args: &[&str]) -> Result<(f64, u64), String> {
+    let timing = dir.join("time.out");
+    let start = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&timing)
+        .arg(bin)
+        .arg("--config")
+        .arg(dir.join("drover.yaml"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("/usr/bin/time: {e}"))?;
+    let wall = start.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        return Err(format!(
+            "drover {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let rss = std::fs::read_to_string(&timing)
+        .ok()
+        .and_then(|t| t.split_whitespace().last().and_then(|v| v.parse().ok()))
+        .ok_or("GNU time reported no peak RSS")?;
+    Ok((wall, rss))
+}
+
+/// Settings shared by every shape.
+struct Opts {
+    cis: usize,
+    steps: usize,
+    n: usize,
+    warmup: usize,
+    results: Results,
+    /// The release binary, if there is one, and GNU time to measure it with.
+    bin: Result<PathBuf, String>,
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore what is not ours.
-    let cis = arg("--cis", 20_000);
-    let steps = arg("--steps", 2_000);
-    let n = arg("--iterations", 9);
-    println!("{n} iterations after one warm-up; milliseconds");
-    for shape in [Shape::Random, Shape::Bimodal] {
-        run(cis, steps, n, shape);
+    let bin = binary();
+    let bin = if !bin.is_file() {
+        Err(format!("{} is missing: cargo build --release -p drover", bin.display()))
+    } else if !Path::new("/usr/bin/time").is_file() {
+        Err("GNU time is missing (apt-get install time)".to_string())
+    } else {
+        Ok(bin)
+    };
+    let opts = Opts {
+        cis: arg("--cis", 100_000),
+        steps: arg("--steps", 10_000),
+        n: arg("--iterations", 9),
+        warmup: arg("--warmup", 1),
+        results: Results::from_args("plan"),
+        bin,
+    };
+    let shapes = arg_str("--shapes").unwrap_or_else(|| "random,bimodal".into());
+    println!("{} iterations after {} warm-up(s); milliseconds", opts.n, opts.warmup);
+    if let Err(why) = &opts.bin {
+        println!("end-to-end rows skipped: {why}");
+    }
+    for name in shapes.split(',') {
+        let shape = match name.trim() {
+            "random" => Shape::Random,
+            "bimodal" => Shape::Bimodal,
+            other => panic!("unknown shape `{other}` (random, bimodal)"),
+        };
+        run(&opts, shape);
     }
 }
 
-fn run(cis: usize, steps: usize, n: usize, shape: Shape) {
+fn run(opts: &Opts, shape: Shape) {
+    let (cis, steps, n, warmup) = (opts.cis, opts.steps, opts.n, opts.warmup);
     let estate = generate(cis, steps, shape);
     let reg = registry();
 
@@ -217,33 +294,94 @@ fn run(cis: usize, steps: usize, n: usize, shape: Shape) {
     let graph = CiGraph::new(&cmdb);
     let plan = drover_engine::plan(&rb, &cmdb, &graph).expect("plan");
 
-    let rows: Vec<(&str, Vec<Duration>)> = vec![
-        ("YAML to located tree (node::parse_yaml)", time(n, parse_trees)),
-        ("located tree to types (de::from_node)", time(n, typed)),
+    use std::hint::black_box as keep;
+    let time = |f: &mut dyn FnMut()| time(warmup, n, f);
+    let rows: Vec<(&str, &str, Vec<Duration>)> = vec![
+        (
+            "YAML to located tree (node::parse_yaml)",
+            "parse",
+            time(&mut || drop(keep(parse_trees()))),
+        ),
+        (
+            "located tree to types (de::from_node)",
+            "from_node",
+            time(&mut || drop(keep(typed()))),
+        ),
         (
             "semantic checks (Workspace::validate)",
-            time(n, || {
+            "validate",
+            time(&mut || {
                 let mut ws = in_memory.clone();
                 ws.validate(&reg);
-                ws
+                drop(keep(ws));
             }),
         ),
         (
             "load + check from disk (drover validate)",
-            time(n, || {
+            "load_validate",
+            time(&mut || {
                 let mut ws = Workspace::load(&dir.join("drover.yaml"), &[]);
                 ws.validate(&reg);
                 assert!(ws.diagnostics.is_empty());
-                ws
+                drop(keep(ws));
             }),
         ),
-        ("CiGraph::new", time(n, || CiGraph::new(&cmdb))),
+        (
+            "CiGraph::new",
+            "ci_graph",
+            time(&mut || drop(keep(CiGraph::new(&cmdb)))),
+        ),
         (
             "drover_engine::plan",
-            time(n, || drover_engine::plan(&rb, &cmdb, &graph).unwrap()),
+            "plan",
+            time(&mut || drop(keep(drover_engine::plan(&rb, &cmdb, &graph).unwrap()))),
         ),
-        ("plan to JSON", time(n, || serde_json::to_string(&plan).unwrap())),
+        (
+            "plan to JSON",
+            "plan_json",
+            time(&mut || drop(keep(serde_json::to_string(&plan).unwrap()))),
+        ),
     ];
+    let case = format!("{} {cis} CIs {steps} steps", format!("{shape:?}").to_lowercase());
+    for (_, metric, t) in &rows {
+        for d in t {
+            opts.results
+                .sample("drover", &case, Some(steps), metric, "ms", d.as_secs_f64() * 1e3);
+        }
+    }
+    // The release binary, end to end: one process per command, peak RSS from the kernel.
+    let mut e2e: Vec<(&str, Vec<f64>, u64)> = Vec::new();
+    if let Ok(bin) = &opts.bin {
+        for (name, metric, args) in [
+            ("drover validate", "e2e_validate", &["validate"][..]),
+            (
+                "drover plan estate --format json",
+                "e2e_plan",
+                &["plan", "estate", "--format", "json"][..],
+            ),
+        ] {
+            let mut walls = Vec::new();
+            let mut peak = 0;
+            for i in 0..warmup + n {
+                let (wall, rss) = process(bin, &dir, args).unwrap_or_else(|e| panic!("{e}"));
+                if i >= warmup {
+                    walls.push(wall);
+                    peak = peak.max(rss);
+                    opts.results.sample("drover", &case, Some(steps), metric, "ms", wall);
+                    opts.results.sample(
+                        "drover",
+                        &case,
+                        Some(steps),
+                        &format!("{metric}_rss"),
+                        "MiB",
+                        rss as f64 / 1024.0,
+                    );
+                }
+            }
+            walls.sort_by(f64::total_cmp);
+            e2e.push((name, walls, peak));
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
@@ -264,12 +402,27 @@ fn run(cis: usize, steps: usize, n: usize, shape: Shape) {
     println!();
     println!("| {:<42} | {:>9} | {:>9} | {:>9} |", "what", "median", "min", "max");
     println!("|{:-<44}|{:->11}|{:->11}|{:->11}|", "", ":", ":", ":");
-    for (name, t) in &rows {
+    for (name, _, t) in &rows {
         println!(
             "| {name:<42} | {:>9} | {:>9} | {:>9} |",
             ms(t[t.len() / 2]),
             ms(t[0]),
             ms(t[t.len() - 1])
         );
+    }
+    if !e2e.is_empty() {
+        println!();
+        println!("release binary, one process each (goal: validate and plan under 2 s)");
+        println!("| command | median ms | min ms | max ms | peak RSS MiB |");
+        println!("|---|--:|--:|--:|--:|");
+        for (name, w, rss) in &e2e {
+            println!(
+                "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                w[w.len() / 2],
+                w[0],
+                w[w.len() - 1],
+                *rss as f64 / 1024.0
+            );
+        }
     }
 }

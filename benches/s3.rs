@@ -17,8 +17,10 @@
 //!
 //! Needs moto_server, s3s-fs (the test command installs both), rclone
 //! (`apt-get install rclone`), python3 with boto3 (moto brings it) and GNU time
-//! (`apt-get install time`). `DROVER_BIN` overrides the binary; `--objects N` and
-//! `--mib M` change the data set (default 4 of 256). Results: docs/BENCHMARKS.md.
+//! (`apt-get install time`). Without rclone its rows say so and the rest runs.
+//! `DROVER_BIN` overrides the binary; `--objects N` and `--mib M` change the data set
+//! (default 4 of 256); `--json FILE` writes every sample (see `benches/common.rs`).
+//! Results: docs/BENCHMARKS.md.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -29,7 +31,7 @@ use drover_lab::{S3Kind, S3Server};
 
 #[path = "common.rs"]
 mod common;
-use common::{arg, binary};
+use common::{Results, arg, binary};
 
 /// A deterministic, incompressible-looking byte stream (xorshift), `len` bytes.
 fn data(seed: u64, len: usize) -> Vec<u8> {
@@ -314,25 +316,41 @@ fn main() -> ExitCode {
     let rounds = arg("--rounds", 3) as usize;
     let objects = arg("--objects", 4);
     let mib = arg("--mib", 256);
+    let results = Results::from_args("s3");
     let bin = binary();
     if !bin.exists() {
         eprintln!("{} is missing: cargo build --release -p drover", bin.display());
         return ExitCode::FAILURE;
     }
-    for (prog, hint) in [
-        ("/usr/bin/time", "apt-get install time"),
-        ("rclone", "apt-get install rclone"),
-        ("python3", "install python3 with boto3"),
-    ] {
-        let found = Command::new(prog)
-            .arg("--version")
+    let found = |prog: &str, args: &[&str]| {
+        Command::new(prog)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
-        if found.is_err() {
-            eprintln!("`{prog}` is missing: {hint}");
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for (prog, args, hint) in [
+        ("/usr/bin/time", &["true"][..], "apt-get install time"),
+        (
+            "python3",
+            &["-c", "import boto3"][..],
+            "python3 with boto3 (pip install boto3)",
+        ),
+    ] {
+        if !found(prog, args) {
+            eprintln!("`{prog}` is missing or fails: {hint}");
             return ExitCode::FAILURE;
         }
+    }
+    let rclone = found("rclone", &["--version"]);
+    if !rclone {
+        eprintln!("rclone is not installed (apt-get install rclone): its rows are skipped");
+        results.missing(
+            Tool::Rclone.name(),
+            "all",
+            "not installed: no rclone on PATH (apt-get install rclone)",
+        );
     }
     let total_mib = objects * mib;
 
@@ -349,6 +367,15 @@ fn main() -> ExitCode {
     let _ = Command::new("sha256sum").arg(&shm).output().expect("sha256sum");
     let coreutils_mibs = 256.0 / t.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&shm);
+    results.sample("ring", "SHA-256 in memory", None, "throughput", "MiB/s", ring_mibs);
+    results.sample(
+        "sha256sum",
+        "SHA-256 in memory",
+        None,
+        "throughput",
+        "MiB/s",
+        coreutils_mibs,
+    );
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -358,7 +385,10 @@ fn main() -> ExitCode {
         "SHA-256 on one core, in memory: ring {ring_mibs:.0} MiB/s, coreutils sha256sum {coreutils_mibs:.0} MiB/s"
     );
     println!();
-    let tools = [Tool::Drover, Tool::Boto3, Tool::Rclone, Tool::Download];
+    let tools: Vec<Tool> = [Tool::Drover, Tool::Boto3, Tool::Rclone, Tool::Download]
+        .into_iter()
+        .filter(|&t| t != Tool::Rclone || rclone)
+        .collect();
     let mut table = Vec::new();
     for kind in [S3Kind::S3sFs, S3Kind::Moto] {
         eprint!("{kind}: uploading {total_mib} MiB ... ");
@@ -380,6 +410,12 @@ fn main() -> ExitCode {
                     m.cpu,
                     m.rss_kib / 1024
                 );
+                let case = kind.to_string();
+                let tool = tools[i].name();
+                results.sample(tool, &case, None, "wall", "s", m.seconds);
+                results.sample(tool, &case, None, "cpu", "s", m.cpu);
+                results.sample(tool, &case, None, "rss", "MiB", m.rss_kib as f64 / 1024.0);
+                results.sample(tool, &case, None, "data", "MiB", total_mib as f64);
                 times[i].push(m.seconds);
                 cpu[i].push(m.cpu);
                 rss[i] = rss[i].max(m.rss_kib);

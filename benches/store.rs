@@ -13,13 +13,15 @@
 //!
 //! ```text
 //! cargo build --release -p drover && cargo bench -p drover-benches --bench store
-//! # options: -- --iterations 5 --appends 2000 ; DROVER_BIN=/path/to/drover
+//! # options: -- --iterations 5 --appends 2000 --json FILE ; DROVER_BIN=/path/to/drover
 //! ```
+//!
+//! `--json FILE` writes every figure as a JSON line (see `benches/common.rs`).
 //!
 //! Figures are recorded in `docs/BENCHMARKS.md` ("State store: SQLite and PostgreSQL").
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,10 @@ use std::time::{Duration, Instant};
 use drover_engine::journal::{Phase, RunClock};
 use drover_engine::{Event, Journal, Quiet, RunState, Store};
 use drover_lab::{Node, PgPair};
+
+#[path = "common.rs"]
+mod common;
+use common::Results;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -136,12 +142,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let iterations = arg(&args, "--iterations", 5);
     let n = arg(&args, "--appends", 2000);
-    let bin = std::env::var_os("DROVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace")
-            .join("target/release/drover")
-    });
+    let results = Results::from_args("store");
+    let bin = common::binary();
     if !bin.exists() {
         eprintln!("{} is missing: cargo build --release -p drover", bin.display());
         return ExitCode::FAILURE;
@@ -190,6 +192,9 @@ fn main() -> ExitCode {
         };
         let v = sorted(appends(store, n));
         let mean = v.iter().sum::<f64>() / v.len() as f64;
+        for (metric, p) in [("append_p50", 0.5), ("append_p90", 0.9), ("append_p99", 0.99)] {
+            results.sample(name, "journal append", None, metric, "ms", pct(&v, p));
+        }
         println!(
             "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {mean:.3} |",
             pct(&v, 0.5),
@@ -251,7 +256,10 @@ fn main() -> ExitCode {
             // drill): what is timed is the drill on a store in service.
             drop(Store::open_url(&url).expect("open the store"));
             match drill(&bin, &url) {
-                Ok(d) if round > 0 => times.push(ms(d)),
+                Ok(d) if round > 0 => {
+                    results.sample(name, "chain 100", Some(100), "wall", "ms", ms(d));
+                    times.push(ms(d));
+                }
                 Ok(_) => {}
                 Err(e) => {
                     eprintln!("{e}");
