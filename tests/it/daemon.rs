@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Fixture, drover_bin};
 
-const TOKENS: [(&str, &str); 4] = [
+pub(crate) const TOKENS: [(&str, &str); 4] = [
     ("viewer", "tok-viewer-0123456789"),
     ("operator", "tok-operator-0123456789"),
     ("auditor", "tok-auditor-0123456789"),
@@ -32,7 +32,7 @@ fn sha(s: &str) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
-fn token(role: &str) -> &'static str {
+pub(crate) fn token(role: &str) -> &'static str {
     TOKENS.iter().find(|(r, _)| *r == role).unwrap().1
 }
 
@@ -94,7 +94,7 @@ steps:
   - {id: after, uses: exec.run, with: {command: [sh, -c, "echo after >> log"]}, needs: [gate]}
 "#;
 
-fn fixture(extra_config: &str) -> (Fixture, String) {
+pub(crate) fn fixture(extra_config: &str) -> (Fixture, String) {
     let fx = Fixture::empty();
     let ca = certificates(&fx);
     config(&fx, extra_config);
@@ -105,12 +105,12 @@ fn fixture(extra_config: &str) -> (Fixture, String) {
 }
 
 /// A running `drover serve` and an HTTPS client that trusts the test CA.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     url: String,
     client: reqwest::Client,
     rt: tokio::runtime::Runtime,
-    stderr: Arc<Mutex<String>>,
+    pub(crate) stderr: Arc<Mutex<String>>,
 }
 
 impl Daemon {
@@ -121,7 +121,7 @@ impl Daemon {
     }
 
     /// One call: (status, body).
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
+    pub(crate) fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
         let mut req = self
             .client
             .request(method.parse().unwrap(), format!("{}{path}", self.url));
@@ -138,13 +138,13 @@ impl Daemon {
         })
     }
 
-    fn json(&self, method: &str, path: &str, role: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) fn json(&self, method: &str, path: &str, role: &str, body: Option<Value>) -> (u16, Value) {
         let (status, text) = self.call(method, path, Some(token(role)), body);
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Polls a run until it has an outcome.
-    fn wait_finished(&self, id: &str) -> Value {
+    pub(crate) fn wait_finished(&self, id: &str) -> Value {
         let start = Instant::now();
         loop {
             let (_, run) = self.json("GET", &format!("/api/v1/runs/{id}"), "viewer", None);
@@ -159,7 +159,7 @@ impl Daemon {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         assert!(
             Command::new("kill")
                 .args([sig, &self.child.id().to_string()])
@@ -170,7 +170,7 @@ impl Daemon {
     }
 
     /// Waits for the process to exit; its exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -492,8 +492,8 @@ fn sighup_reloads_valid_files_and_keeps_the_old_ones_when_broken() {
     }
 }
 
-#[test]
-fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
+/// A local HTTP listener that answers 200 to every POST: its port and the bodies it got.
+pub(crate) fn webhook_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -530,6 +530,12 @@ fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
     });
+    (port, got)
+}
+
+#[test]
+fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
+    let (port, got) = webhook_listener();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -577,11 +583,14 @@ fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
     assert!(!log.contains("s3cr3t-hook"), "a webhook URL is a secret: {log}");
 }
 
-/// Starts `drover serve` as `cmd` says and waits until it listens.
-fn start_with(mut cmd: Command, ca: &str) -> Daemon {
+/// Starts `drover serve` as `cmd` says and waits until it listens. `RUST_LOG` is
+/// removed unless `cmd` sets it.
+pub(crate) fn start_with(mut cmd: Command, ca: &str) -> Daemon {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if !cmd.get_envs().any(|(k, v)| k == "RUST_LOG" && v.is_some()) {
+        cmd.env_remove("RUST_LOG");
+    }
     let mut child = cmd
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -35,4 +35,5 @@ mod postgres;
 mod records;
 mod s3;
 mod safety;
+mod security;
 mod store;

@@ -320,6 +320,15 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_value_never_reaches_a_debug_string_or_a_panic_message() {
+        let secret = SecretString::new("canary-0c9e");
+        assert_eq!(format!("{secret:?}"), "SecretString([redacted])");
+        let payload = std::panic::catch_unwind(|| panic!("lost {secret:?} in {:?}", Some(&secret))).unwrap_err();
+        let message = payload.downcast_ref::<String>().unwrap();
+        assert!(!message.contains("canary"), "{message}");
+    }
+
+    #[test]
     fn a_secret_file_open_to_others_is_refused_for_use_but_still_redacted() {
         let path = std::env::temp_dir().join(format!("drover-secret-redact-{}", std::process::id()));
         std::fs::write(&path, "s3cr3t-value\n").unwrap();
