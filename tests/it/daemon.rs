@@ -94,7 +94,7 @@ steps:
   - {id: after, uses: exec.run, with: {command: [sh, -c, "echo after >> log"]}, needs: [gate]}
 "#;
 
-fn fixture(extra_config: &str) -> (Fixture, String) {
+pub(crate) fn fixture(extra_config: &str) -> (Fixture, String) {
     let fx = Fixture::empty();
     let ca = certificates(&fx);
     config(&fx, extra_config);
@@ -492,8 +492,8 @@ fn sighup_reloads_valid_files_and_keeps_the_old_ones_when_broken() {
     }
 }
 
-#[test]
-fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
+/// A local HTTP listener that answers 200 to every POST: its port and the bodies it got.
+pub(crate) fn webhook_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -530,6 +530,12 @@ fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
     });
+    (port, got)
+}
+
+#[test]
+fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
+    let (port, got) = webhook_listener();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -577,11 +583,14 @@ fn webhooks_are_told_and_one_that_is_down_slows_nothing() {
     assert!(!log.contains("s3cr3t-hook"), "a webhook URL is a secret: {log}");
 }
 
-/// Starts `drover serve` as `cmd` says and waits until it listens.
+/// Starts `drover serve` as `cmd` says and waits until it listens. `RUST_LOG` is
+/// removed unless `cmd` sets it.
 pub(crate) fn start_with(mut cmd: Command, ca: &str) -> Daemon {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if !cmd.get_envs().any(|(k, v)| k == "RUST_LOG" && v.is_some()) {
+        cmd.env_remove("RUST_LOG");
+    }
     let mut child = cmd
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

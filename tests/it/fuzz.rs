@@ -108,3 +108,101 @@ proptest! {
         let _ = ws.render_diagnostics(&ws.diagnostics);
     }
 }
+
+/// The committed cargo-fuzz corpus (`fuzz/corpus/TARGET/`: the repository's examples, real
+/// sealed bundles, and the inputs the fuzzer kept), replayed on stable through the fuzz
+/// targets' own bodies (`drover_tests::fuzz_targets`). A panic anywhere counts, also one
+/// that the YAML loader catches and reports as a diagnostic.
+#[test]
+fn the_fuzz_corpus_replays_with_no_panic_and_every_rejection_located() {
+    use drover_tests::fuzz_targets::{Outcome, Targets};
+    let panics = count_panics_on_this_thread();
+    let targets = Targets::new();
+    let mut failures = Vec::new();
+    let mut rejected = 0;
+    for name in ["config", "cmdb", "runbook", "evidence"] {
+        let dir = crate::support::repo_root().join("fuzz/corpus").join(name);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 2, "{}: {} inputs", dir.display(), files.len());
+        for file in files {
+            let data = std::fs::read(&file).unwrap();
+            let before = panics.get();
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match name {
+                "config" => targets.config(&data),
+                "cmdb" => targets.cmdb(&data),
+                "runbook" => targets.runbook(&data),
+                _ => targets.evidence(&data),
+            }));
+            match run {
+                Ok(_) if panics.get() > before => failures.push(format!("{}: a caught panic", file.display())),
+                Ok(Outcome::Loaded(d)) => rejected += usize::from(!d.is_empty()),
+                Ok(Outcome::Verified(v)) => rejected += usize::from(!v.intact()),
+                Ok(Outcome::Skipped) => {}
+                Err(_) => failures.push(format!("{}: panicked", file.display())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // The corpus holds broken inputs too: their rejections were checked above.
+    assert!(rejected > 0, "no input of the corpus was rejected");
+}
+
+/// The harness reads what it is given: the repository's examples load clean and a real
+/// bundle verifies; a broken file is rejected at its place.
+#[test]
+fn the_fuzz_targets_load_the_examples_clean_and_locate_a_break() {
+    use drover_tests::fuzz_targets::{Outcome, Targets};
+    let t = Targets::new();
+    let corpus = crate::support::repo_root().join("fuzz/corpus");
+    let read = |rel: &str| std::fs::read(corpus.join(rel)).unwrap();
+    let diagnostics = |o: Outcome| match o {
+        Outcome::Loaded(d) => d,
+        other => panic!("not loaded: {other:?}"),
+    };
+    assert_eq!(diagnostics(t.config(&read("config/example-drover.yaml"))), vec![]);
+    assert_eq!(diagnostics(t.cmdb(&read("cmdb/example-cmdb.yaml"))), vec![]);
+    let rb = String::from_utf8(read("runbook/example-local-drill.yaml")).unwrap();
+    let renamed = rb.replacen("name: local-drill", "name: fuzzed-drill", 1);
+    assert_eq!(diagnostics(t.runbook(renamed.as_bytes())), vec![]);
+    let broken = diagnostics(t.runbook(renamed.replacen("steps:", "steps: [", 1).as_bytes()));
+    assert!(
+        broken.len() == 1 && broken[0].file.ends_with("runbooks/fuzzed.yaml"),
+        "{broken:?}"
+    );
+    // A config naming a CMDB outside its workspace is not loaded by the harness.
+    assert!(matches!(t.config(b"cmdb: /etc/passwd\n"), Outcome::Skipped));
+
+    let bundle = read("evidence/drill-passed.json");
+    let Outcome::Verified(v) = t.evidence(&bundle) else {
+        panic!()
+    };
+    assert!(v.intact(), "{v:?}");
+    let mut tampered = bundle.clone();
+    let at = tampered
+        .windows(7)
+        .position(|w| w == b"fenced\\")
+        .expect("the step's output");
+    tampered[at] = b'F';
+    let Outcome::Verified(v) = t.evidence(&tampered) else {
+        panic!()
+    };
+    assert!(!v.intact());
+}
+
+/// A counter of the panics on the calling thread from now on (caught ones included).
+fn count_panics_on_this_thread() -> std::rc::Rc<std::cell::Cell<usize>> {
+    thread_local! {
+        static PANICS: std::rc::Rc<std::cell::Cell<usize>> = Default::default();
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.with(|p| p.set(p.get() + 1));
+        previous(info);
+    }));
+    PANICS.with(|p| p.clone())
+}

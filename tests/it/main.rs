@@ -36,4 +36,5 @@ mod postgres;
 mod records;
 mod s3;
 mod safety;
+mod security;
 mod store;

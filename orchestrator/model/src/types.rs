@@ -128,6 +128,19 @@ impl SecretRef {
         }
     }
 
+    /// The secret's value for keeping it out of records, whatever its file's mode. A
+    /// secret file open to other users is refused for use ([`SecretRef::resolve`]), but
+    /// a step may still print what it holds: its value is redacted all the same.
+    /// `None` when it cannot be read at all.
+    pub fn value_to_redact(&self) -> Option<SecretString> {
+        match self {
+            SecretRef::Env(_) => self.resolve().ok(),
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .ok()
+                .map(|s| SecretString(s.trim_end_matches(['\n', '\r']).to_owned())),
+        }
+    }
+
     /// Resolves a relative `{file:}` path against `base`.
     pub fn rebase(&mut self, base: &Path) {
         if let SecretRef::File(p) = self {
@@ -304,5 +317,27 @@ mod tests {
             assert_eq!(secret.resolve().unwrap().expose(), "s3cr3t-value", "{mode:o}");
         }
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_secret_value_never_reaches_a_debug_string_or_a_panic_message() {
+        let secret = SecretString::new("canary-0c9e");
+        assert_eq!(format!("{secret:?}"), "SecretString([redacted])");
+        let payload = std::panic::catch_unwind(|| panic!("lost {secret:?} in {:?}", Some(&secret))).unwrap_err();
+        let message = payload.downcast_ref::<String>().unwrap();
+        assert!(!message.contains("canary"), "{message}");
+    }
+
+    #[test]
+    fn a_secret_file_open_to_others_is_refused_for_use_but_still_redacted() {
+        let path = std::env::temp_dir().join(format!("drover-secret-redact-{}", std::process::id()));
+        std::fs::write(&path, "s3cr3t-value\n").unwrap();
+        let secret = SecretRef::File(path.clone());
+        for mode in [0o644, 0o600] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(secret.value_to_redact().unwrap().expose(), "s3cr3t-value", "{mode:o}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(secret.value_to_redact().is_none());
     }
 }

@@ -97,13 +97,14 @@ fn engine(config: &Config, registry: Registry, ui: Arc<Ui>) -> Result<Engine, Fa
     })
 }
 
-/// The values of the configuration's secrets that can be resolved here, so that the
-/// journal can keep them out (a command may print one).
+/// The values of the configuration's secrets that can be read here, so that the
+/// journal can keep them out (a command may print one). Also those of secret files
+/// refused for being open to other users: a step may print them all the same.
 pub fn secret_values(config: &Config) -> Vec<String> {
     config
         .secret_refs()
         .into_iter()
-        .filter_map(|s| s.resolve().ok())
+        .filter_map(|s| s.value_to_redact())
         .map(|v| v.expose().to_owned())
         .filter(|v| !v.is_empty())
         .collect()
