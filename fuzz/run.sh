@@ -4,7 +4,8 @@
 #   bash fuzz/run.sh                  the full run: 1,000,000 executions per target
 #   bash fuzz/run.sh --ci             a bounded run: 2,000 executions per target
 #   bash fuzz/run.sh --runs N [--max-time S] [TARGET...]   (S: seconds per target)
-#   bash fuzz/run.sh --merge          after a run: minimize fuzz/corpus/ (keeps the seeds)
+#   bash fuzz/run.sh --merge          after a run: fuzz/corpus/TARGET becomes the seeds and
+#                                     the inputs that add the most coverage, 50 at most
 #
 # New inputs go to fuzz/target/work/TARGET, never into the committed corpus; a crash is
 # saved under fuzz/artifacts/TARGET/ and fails the script. docs/RELIABILITY.md has the
@@ -15,6 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 runs=1000000
 max_time=0
 merge=false
+max_files=50
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,21 +41,14 @@ bin=target/x86_64-unknown-linux-gnu/release
 for t in "${targets[@]}"; do
     mkdir -p "target/work/$t" "artifacts/$t"
     if $merge; then
-        # The smallest set of inputs with the coverage of the corpus and the new inputs.
-        rm -rf "target/merged/$t" && mkdir -p "target/merged/$t"
-        "$bin/$t" -merge=1 "target/merged/$t" "corpus/$t" "target/work/$t"
-        # The seeds (the repository's examples and real bundles) stay, under their names;
-        # libFuzzer names what it keeps by the SHA-1 of its content.
-        for f in "corpus/$t"/*; do
-            n=$(basename "$f")
-            if ! [[ $n =~ ^[0-9a-f]{40}$ ]]; then
-                rm -f "target/merged/$t/$(sha1sum "$f" | cut -c1-40)"
-                cp "$f" "target/merged/$t/"
-            fi
-        done
+        # The coverage of every input (the corpus and the new inputs), then a small set:
+        # the seeds, and greedily the inputs that add the most edges (minimize.py).
+        rm -rf "target/merged/$t" "target/picked/$t" && mkdir -p "target/merged/$t"
+        "$bin/$t" -merge=1 -merge_control_file="target/work/$t.merge" \
+            "target/merged/$t" "corpus/$t" "target/work/$t" > "target/work/$t.merge.log" 2>&1
+        python3 minimize.py "target/work/$t.merge" "target/picked/$t" "$max_files"
         find "corpus/$t" -maxdepth 1 -type f -delete
-        cp "target/merged/$t"/* "corpus/$t/"
-        echo "corpus/$t: $(find "corpus/$t" -type f | wc -l) inputs"
+        cp "target/picked/$t"/* "corpus/$t/"
         continue
     fi
     start=$(date +%s)
