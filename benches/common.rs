@@ -99,3 +99,26 @@ pub fn sha256_hex(s: &str) -> String {
     let out = c.wait_with_output().unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
+
+/// Starts `BIN --config CONFIG serve` in `dir` (warn-level logs, stderr dropped) and
+/// waits for its `listening on URL` line: the child and the URL.
+#[allow(dead_code)]
+pub fn serve(bin: &Path, dir: &Path, config: &str) -> (std::process::Child, String) {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .current_dir(dir)
+        .args(["--config", config, "serve"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().trim_start_matches("listening on ").to_owned();
+    assert!(url.starts_with("http"), "no `listening on` line: {line:?}");
+    (child, url)
+}

@@ -15,15 +15,15 @@
 //! `benches/common.rs`). `DROVER_BIN` overrides the binary. Results are recorded in
 //! `docs/BENCHMARKS.md`. Fails when no request was answered.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "common.rs"]
 mod common;
-use common::{Results, arg, binary, sha256_hex};
+use common::{Results, arg, binary, serve, sha256_hex};
 
 fn kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -80,19 +80,7 @@ fn main() -> ExitCode {
         format!("name: load\nservice: svc\nsteps:\n{steps}"),
     )
     .unwrap();
-    let mut child = Command::new(&bin)
-        .current_dir(dir.path())
-        .args(["--config", "drover.yaml", "serve"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().trim_start_matches("listening on ").to_owned();
+    let (mut child, url) = serve(&bin, dir.path(), "drover.yaml");
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = kib(pid, "VmRSS:");

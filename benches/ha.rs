@@ -22,12 +22,12 @@
 #[path = "common.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Results, arg, binary, sha256_hex};
+use common::{Results, arg, binary, serve, sha256_hex};
 use drover_lab::{Node, PgPair};
 use serde_json::Value;
 
@@ -46,20 +46,7 @@ impl Drop for Daemon {
 }
 
 fn start(bin: &Path, dir: &Path, node: &str) -> Daemon {
-    let mut child = Command::new(bin)
-        .current_dir(dir)
-        .args(["--config", &format!("drover-{node}.yaml"), "serve"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().trim_start_matches("listening on ").to_owned();
-    assert!(url.starts_with("http://"), "no `listening on` line: {line:?}");
+    let (child, url) = serve(bin, dir, &format!("drover-{node}.yaml"));
     Daemon { child, url }
 }
 
