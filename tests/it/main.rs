@@ -17,6 +17,7 @@ macro_rules! assert_tmp_snapshot {
 
 mod support;
 
+mod campaign;
 mod cli;
 mod continuity;
 mod crashes;

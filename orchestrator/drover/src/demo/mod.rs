@@ -5,15 +5,13 @@
 //! (also on Ctrl-C and on failure). With `--serve`, the lab and the daemon stay up,
 //! dashboard on loopback, until Ctrl-C.
 //!
-//! The drill is `payments-demo` ([`files::runbook`]): preflight (replication lag gate,
+//! The drill is `payments-demo` ([`lab::files::runbook`]): preflight (replication lag gate,
 //! backups verified by SHA-256 and replicated, a restore test of the newest real
 //! `pg_dump`), a heartbeat on east, fence east, promote west, the payments workloads
 //! scaled up in west in CMDB dependency order, verification over HTTP (the
 //! application's health endpoint, [`app`]) and SQL, and the cleanup.
 
-mod app;
-mod files;
-mod lab;
+use drover::demolab as lab;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -19,7 +19,8 @@ use anyhow::{Context, anyhow};
 use drover_lab::k8s::Kind;
 use drover_lab::{K8sSim, LabError, Node, PgPair, S3Fs};
 
-use super::files;
+mod app;
+pub mod files;
 
 /// The namespace of the payments workloads.
 const NS: &str = "payments";
@@ -277,7 +278,7 @@ pub fn build(stop: &AtomicBool, say: &dyn Fn(&str)) -> Result<Lab, LabFailure> {
         .enable_all()
         .build()
         .map_err(|e| LabFailure::Other(e.into()))?;
-    let app_url = super::app::start(&rt, east_k8s.clone(), west_k8s.clone())?;
+    let app_url = app::start(&rt, east_k8s.clone(), west_k8s.clone())?;
 
     let token = random_hex(24)?;
     let api_listen = format!("127.0.0.1:{}", free_port()?);

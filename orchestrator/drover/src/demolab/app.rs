@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use drover_lab::K8sSim;
 
-use super::lab::WORKLOADS;
+use super::WORKLOADS;
 
 #[derive(Clone)]
 struct Sites {
