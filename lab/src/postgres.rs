@@ -362,6 +362,46 @@ impl PgPair {
         self.sql(Node::Standby, "SELECT pg_wal_replay_resume()").map(drop)
     }
 
+    /// Points the standby's replication connection at `port` on loopback instead of the
+    /// primary's own (e.g. a [`crate::TcpProxy`] to the primary, so that a test can cut
+    /// and heal the link), and waits until it streams through it.
+    pub fn replicate_via(&self, port: u16) -> Result<(), LabError> {
+        let conninfo = self.sql(Node::Standby, "SHOW primary_conninfo")?;
+        let routed: Vec<String> = conninfo
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("port=") {
+                    format!("port={port}")
+                } else {
+                    kv.to_owned()
+                }
+            })
+            .collect();
+        if !routed.iter().any(|kv| kv.starts_with("port=")) {
+            return Err(LabError::Setup(format!(
+                "no port in the standby's primary_conninfo `{conninfo}`"
+            )));
+        }
+        self.sql(
+            Node::Standby,
+            &format!(
+                "ALTER SYSTEM SET primary_conninfo = '{}'",
+                routed.join(" ").replace('\'', "''")
+            ),
+        )?;
+        self.sql(Node::Standby, "SELECT pg_reload_conf()")?;
+        wait_until(
+            "the standby streaming through the new port",
+            Duration::from_secs(30),
+            || {
+                Ok(self.sql(
+                    Node::Standby,
+                    "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                )? == port.to_string())
+            },
+        )
+    }
+
     /// Cuts the standby off the primary (it stops receiving WAL, as in a network
     /// partition): what the primary writes from now on is lost if the standby is
     /// promoted before [`Self::reconnect_standby`].

@@ -38,24 +38,7 @@ use drover_lab::Node;
 use drover_lab::k8s::Kind;
 use serde_json::Value;
 
-use crate::support::drover_bin;
-
-/// SplitMix64: a small seeded generator, so that a campaign can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::support::{Rng, drover_bin, seed};
 
 #[derive(Clone, Debug)]
 enum Trial {
@@ -367,12 +350,7 @@ fn plan(rng: &mut Rng, points: &[String], took: Duration, n: usize) -> Vec<Trial
 
 #[test]
 fn the_demo_drill_survives_kills_at_random_moments_and_crash_points() {
-    let seed = env_u64("DROVER_CAMPAIGN_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
+    let seed = seed("DROVER_CAMPAIGN_SEED");
     let n = env_u64("DROVER_CAMPAIGN_TRIALS").unwrap_or(4) as usize;
     let (points, took) = trace();
     let distinct: BTreeSet<&String> = points.iter().collect();

@@ -38,4 +38,5 @@ mod records;
 mod s3;
 mod safety;
 mod security;
+mod splitbrain;
 mod store;

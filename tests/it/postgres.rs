@@ -42,13 +42,13 @@ items:
 "#;
 
 /// The heartbeat interval of the runbooks below.
-const INTERVAL_S: f64 = 0.2;
+pub(crate) const INTERVAL_S: f64 = 0.2;
 
-const PREFLIGHT: &str = "preflight:
+pub(crate) const PREFLIGHT: &str = "preflight:
   - {name: replicating, ci: db, uses: postgres.replication, with: {primary: db-east, standby: db-west, max_lag: 10s}}
 ";
 
-const VERIFY: &str = "verify:
+pub(crate) const VERIFY: &str = "verify:
   - {name: west writable, ci: db, uses: postgres.writable, with: {database: db-west}, within: 30s, interval: 100ms}
 ";
 
@@ -70,17 +70,17 @@ targets: {{rpo: 30s}}
 }
 
 /// A shell command that says it started, then waits for the file `go`.
-const GATE: &str = "touch gate.started; while [ ! -f go ]; do sleep 0.02; done";
+pub(crate) const GATE: &str = "touch gate.started; while [ ! -f go ]; do sleep 0.02; done";
 
 /// A fixture whose database URLs point at `pair`.
-struct Lab {
-    fx: Fixture,
-    east: String,
-    west: String,
+pub(crate) struct Lab {
+    pub(crate) fx: Fixture,
+    pub(crate) east: String,
+    pub(crate) west: String,
 }
 
 impl Lab {
-    fn new(pair: &PgPair) -> Self {
+    pub(crate) fn new(pair: &PgPair) -> Self {
         let fx = Fixture::empty();
         fx.write("drover.yaml", CONFIG);
         fx.write("cmdb.yaml", CMDB);
@@ -91,12 +91,12 @@ impl Lab {
         }
     }
 
-    fn runbook(&self, name: &str, text: &str) {
+    pub(crate) fn runbook(&self, name: &str, text: &str) {
         self.fx.write(&format!("runbooks/{name}.yaml"), text);
     }
 
     /// `drover ARGS --format json`: exit code, the run's JSON and stderr.
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, Value, String) {
+    pub(crate) fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, Value, String) {
         let mut cmd = self.fx.drover();
         cmd.args(args)
             .args(["--format", "json"])
@@ -116,7 +116,7 @@ impl Lab {
     }
 
     /// Starts drover in the background, its stdout (the run's JSON) captured.
-    fn spawn(&self, args: &[&str]) -> Child {
+    pub(crate) fn spawn(&self, args: &[&str]) -> Child {
         std::process::Command::new(drover_bin())
             .current_dir(self.fx.root())
             .arg("--config")
@@ -134,7 +134,7 @@ impl Lab {
             .expect("start drover")
     }
 
-    fn wait_for(&self, file: &str, within: Duration) {
+    pub(crate) fn wait_for(&self, file: &str, within: Duration) {
         let start = Instant::now();
         while !self.fx.path(file).exists() {
             assert!(start.elapsed() < within, "{file} did not appear within {within:?}");
@@ -155,7 +155,7 @@ impl Lab {
     }
 }
 
-fn finish(child: Child) -> (i32, Value, String) {
+pub(crate) fn finish(child: Child) -> (i32, Value, String) {
     let out = child.wait_with_output().expect("wait for drover");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -165,7 +165,7 @@ fn finish(child: Child) -> (i32, Value, String) {
     (code, json, stderr)
 }
 
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
     run["steps"]
         .as_array()
         .expect("steps")
@@ -187,7 +187,7 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
-fn now_unix() -> f64 {
+pub(crate) fn now_unix() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
