@@ -26,6 +26,7 @@ mod demo;
 mod diagnostics;
 mod engine;
 mod examples;
+mod faults;
 mod fuzz;
 mod guide;
 mod ha;

@@ -96,7 +96,7 @@ steps:
   - {{id: fence-east, ci: payments-db, uses: postgres.fence, with: {{database: payments-db-east}}, needs: [heartbeat-east], timeout: 1m, estimate: 2s}}
   - {{id: promote-west, ci: payments-db, uses: postgres.promote, with: {{database: payments-db-west}}, needs: [fence-east], timeout: 1m, estimate: 3s}}
   - {{id: start-queue-west, ci: payments-queue, uses: kubernetes.scale,
-     with: {{cluster: west-k8s, namespace: payments, kind: StatefulSet, name: queue, replicas: 1, wait: ready}}, timeout: 1m, estimate: 2s}}
+     with: {{cluster: west-k8s, namespace: payments, kind: StatefulSet, name: queue, replicas: 1, wait: ready}}, timeout: 1m, retries: 2, estimate: 2s}}
   - {{id: start-api-west, ci: payments-api, uses: kubernetes.scale,
      with: {{cluster: west-k8s, namespace: payments, kind: Deployment, name: api, replicas: 3, wait: ready}}, timeout: 1m, retries: 2, estimate: 2s}}
   - {{id: start-web-west, ci: payments-web, uses: kubernetes.scale,
