@@ -635,3 +635,30 @@ fn no_color_on_a_terminal_means_no_escape_bytes() {
     let coloured = under_a_terminal(&fx, &["drill", "rb", "--yes"], &[]);
     assert!(has_esc(&coloured), "{:?}", String::from_utf8_lossy(&coloured));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
+    use std::io::Read;
+    // A plan far larger than a pipe's buffer, read one byte of.
+    let steps: String = (0..3000)
+        .map(|i| format!("  - {{id: s{i}, uses: exec.run, with: {{command: [\"true\"]}}}}\n"))
+        .collect();
+    let fx = crate::engine::fixture(&format!("name: rb\nservice: svc\nsteps:\n{steps}"));
+    let mut child = std::process::Command::new(crate::support::drover_bin())
+        .current_dir(fx.root())
+        .arg("--config")
+        .arg(fx.config())
+        .args(["plan", "rb", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    out.read_exact(&mut one).unwrap();
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(done.status.code(), Some(141), "{stderr}");
+}

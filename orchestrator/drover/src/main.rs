@@ -107,6 +107,23 @@ fn init_tracing(verbose: u8, format: cli::LogFormat, daemon: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A reader that goes away (`drover runs list | head -1`) ends the command quietly,
+    // with the shell's code for SIGPIPE, as other Unix tools do, instead of a panic on
+    // the broken pipe. (SIGPIPE itself stays ignored: a closed socket is an error drover
+    // handles, never a sudden death.)
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     // rustls everywhere, with ring as its one crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     init_tracing(
