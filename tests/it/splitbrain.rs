@@ -535,7 +535,7 @@ fn no_two_writable_primaries_and_rpo_within_a_heartbeat_under_random_faults() {
             min_gap = min_gap.min(g);
         }
         eprintln!(
-            "trial {}/{n}: {faults}: {} ({}; RPO error {}; {} writes lost; no-writer gap {}; {} ms)",
+            "trial {}/{n}: {faults}: {} ({}; RPO error {}{}; {} writes lost; no-writer gap {}; {} ms)",
             i + 1,
             if found.problems.is_empty() {
                 "ok".to_owned()
@@ -546,6 +546,11 @@ fn no_two_writable_primaries_and_rpo_within_a_heartbeat_under_random_faults() {
             found
                 .rpo_error_s
                 .map_or("-".into(), |e| format!("{:+.0} ms", e * 1000.0)),
+            if found.fence_rerun {
+                " (the fence re-ran in the resume)"
+            } else {
+                ""
+            },
             found.lost,
             found.gap_s.map_or("-".into(), |g| format!("{:.0} ms", g * 1000.0)),
             at.elapsed().as_millis()
