@@ -3,7 +3,11 @@
 //!
 //! [`TcpProxy::cut`] closes every connection through it and refuses new ones (they are
 //! accepted and closed at once, as a firewall that resets them would); [`TcpProxy::heal`]
-//! lets connections through again. Bytes are copied by two threads per connection.
+//! lets connections through again. [`TcpProxy::set_delay`] holds every chunk of bytes
+//! for a while before it passes it on (a slow link or server), and
+//! [`TcpProxy::set_reply`] answers every new connection with fixed bytes instead of
+//! forwarding it (e.g. an HTTP `500`, as a broken load balancer answers). Bytes are
+//! copied by two threads per connection.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -19,6 +23,10 @@ struct State {
     open: Mutex<Vec<TcpStream>>,
     accepted: AtomicU64,
     refused: AtomicU64,
+    /// Held before each chunk is passed on, in milliseconds.
+    delay_ms: AtomicU64,
+    /// Sent to each new connection instead of forwarding it.
+    reply: Mutex<Option<Vec<u8>>>,
 }
 
 /// A proxy from a free loopback port to `target`.
@@ -67,6 +75,20 @@ impl TcpProxy {
         self.state.cut.store(false, Ordering::SeqCst);
     }
 
+    /// Holds every chunk of bytes, both ways, this long before passing it on
+    /// (`Duration::ZERO`: no delay).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Answers each new connection with `reply` once it has sent something, then
+    /// closes it, instead of forwarding it (`None`: forward again).
+    pub fn set_reply(&self, reply: Option<&[u8]>) {
+        *self.state.reply.lock().unwrap_or_else(|p| p.into_inner()) = reply.map(<[u8]>::to_vec);
+    }
+
     pub fn is_cut(&self) -> bool {
         self.state.cut.load(Ordering::SeqCst)
     }
@@ -100,6 +122,12 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, st: &Arc<State>) {
             let _ = client.shutdown(Shutdown::Both);
             continue;
         }
+        let reply = st.reply.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(reply) = reply {
+            st.accepted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || answer(client, &reply));
+            continue;
+        }
         let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
             let _ = client.shutdown(Shutdown::Both);
             continue;
@@ -123,6 +151,15 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, st: &Arc<State>) {
     }
 }
 
+/// Reads what the client sends first (a request), answers `reply` and closes.
+fn answer(mut client: TcpStream, reply: &[u8]) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 16 * 1024];
+    let _ = client.read(&mut buf);
+    let _ = client.write_all(reply);
+    let _ = client.shutdown(Shutdown::Both);
+}
+
 /// Copies bytes from `from` to `to` until either end closes or the link is cut.
 fn pipe(mut from: TcpStream, mut to: TcpStream, st: &State) {
     let mut buf = [0u8; 16 * 1024];
@@ -131,6 +168,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, st: &State) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let delay = st.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         if st.cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -176,5 +217,44 @@ mod tests {
         let mut c = TcpStream::connect(proxy.addr()).unwrap();
         assert!(roundtrip(&mut c));
         assert_eq!(proxy.counts(), (2, 1));
+    }
+
+    #[test]
+    fn a_set_reply_answers_instead_of_forwarding_and_a_delay_holds_bytes() {
+        // Nothing listens on the target: a forwarded connection would just close.
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let proxy = TcpProxy::start(closed).unwrap();
+        proxy.set_reply(Some(b"HTTP/1.1 500 Internal Server Error\r\n\r\n"));
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 500"), "{got}");
+
+        let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = echo.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Some(Ok(mut c)) = echo.incoming().next() {
+                let mut b = [0u8; 4];
+                if c.read_exact(&mut b).is_ok() {
+                    let _ = c.write_all(&b);
+                }
+            }
+        });
+        let slow = TcpProxy::start(target).unwrap();
+        slow.set_delay(Duration::from_millis(150));
+        let mut s = TcpStream::connect(slow.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = std::time::Instant::now();
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
