@@ -431,12 +431,18 @@ impl PgPair {
     /// The primary dies: SIGKILL to the postmaster and all its processes, as in a
     /// crash. Returns when its port no longer accepts connections.
     pub fn kill_primary(&self) -> Result<(), LabError> {
-        let pid = self.postmaster_pid(Node::Primary)?;
+        self.kill(Node::Primary)
+    }
+
+    /// A server dies: SIGKILL to its postmaster and all its processes. Returns when its
+    /// port no longer accepts connections. [`Self::start_node_again`] brings it back.
+    pub fn kill(&self, node: Node) -> Result<(), LabError> {
+        let pid = self.postmaster_pid(node)?;
         if killpg(pid, Signal::SIGKILL).is_err() {
             kill(pid, Signal::SIGKILL).map_err(|e| LabError::Setup(format!("kill -9 {pid}: {e}")))?;
         }
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port(Node::Primary)));
-        wait_until("the primary gone", Duration::from_secs(10), || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port(node)));
+        wait_until("the server gone", Duration::from_secs(10), || {
             Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err())
         })
     }
@@ -450,6 +456,12 @@ impl PgPair {
     /// [`Self::stop_primary`]); it runs crash recovery if it was killed.
     pub fn start_primary(&self) -> Result<(), LabError> {
         self.start_node(Node::Primary, Some(self.port(Node::Primary)))
+    }
+
+    /// Starts a server again on its port after [`Self::kill`]; it runs crash recovery
+    /// (a standby resumes recovery, unless its promotion had completed).
+    pub fn start_node_again(&self, node: Node) -> Result<(), LabError> {
+        self.start_node(node, Some(self.port(node)))
     }
 
     fn postmaster_pid(&self, node: Node) -> Result<Pid, LabError> {

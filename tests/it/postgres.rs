@@ -1258,3 +1258,52 @@ fn rpo_ignores_heartbeat_rows_newer_than_the_fence() {
     let rpo = run["rpo"]["achieved_s"].as_f64().unwrap_or_else(|| panic!("{run:#}"));
     assert!(rpo > 0.0 && rpo <= INTERVAL_S + 0.5, "RPO {rpo}: {summary}");
 }
+
+#[test]
+fn the_standby_killed_at_promotion_ends_the_run_in_bounded_time_and_east_stays_fenced() {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    let lab = Lab::new(&pair);
+    lab.runbook(
+        "dies",
+        &failover("dies", "true", "").replace(
+            "  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence], timeout: 1m}\n",
+            &format!(
+                "  - {{id: gate, ci: db, uses: exec.run, with: {{command: [sh, -c, \"{GATE}\"]}}, needs: [fence]}}\n  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [gate], timeout: 20s, retries: 2}}\n"
+            ),
+        ),
+    );
+    let child = lab.spawn(&["failover", "dies", "--yes"]);
+    lab.wait_for("gate.started", Duration::from_secs(60));
+    // West dies as the promotion is about to reach it, and stays down.
+    pair.kill(Node::Standby).unwrap();
+    let started = Instant::now();
+    lab.fx.write("go", "");
+    let (code, run, stderr) = finish(child);
+    let took = started.elapsed();
+    eprintln!(
+        "outcome {} (exit {code}) {:.1} s after the kill",
+        run["outcome"],
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    let promote = step(&run, "promote");
+    assert_eq!(promote["status"], "failed", "{run:#}\n{stderr}");
+    let error = text(&promote["error"]);
+    assert!(error.contains("db-west"), "the error names the database: {error}");
+    // East stays fenced: drover cannot tell whether west was promoted, so it does not
+    // unfence (two writable primaries); the run is stuck and keeps the service.
+    assert_eq!(run["outcome"], "stuck", "{run:#}");
+    assert!(fenced(&pair), "east was unfenced with west's state unknown");
+    eprintln!("promote: {error}");
+    // West comes back a standby: it was never promoted.
+    pair.start_node_again(Node::Standby).unwrap();
+    assert!(pair.in_recovery(Node::Standby).unwrap());
+    // The operator resumes the stuck run once west is back: west streams from east
+    // again, so it was not promoted; the fence is undone and the run fails cleanly,
+    // east the primary as before.
+    let id = text(&run["id"]).to_owned();
+    let (code, after, stderr) = lab.run(&["resume", &id, "--yes"], &[]);
+    assert_eq!(after["outcome"], "failed", "exit {code}: {after:#}\n{stderr}");
+    assert!(!fenced(&pair), "the fence was not undone");
+    assert!(pair.in_recovery(Node::Standby).unwrap());
+}
