@@ -6,11 +6,14 @@
 # absolute figures as context, and the machine.
 #
 #   bash benches/run.sh             # full sizes, 5 rounds
-#   bash benches/run.sh --smoke     # tiny sizes, one round, about a minute: CI runs this
+#   bash benches/run.sh --smoke     # tiny sizes, one round, about a minute
+#   bash benches/run.sh --smoke --debug --no-install   # what CI runs (.ci/run)
 #
 # Options: --rounds N (default 5; 1 with --smoke), --out DIR (default
 # target/bench-results), --no-install (use what is installed), --only LIST (e.g.
-# "engine,rto": only these benches; the summary covers those).
+# "engine,rto": only these benches; the summary covers those), --debug (the dev profile's
+# binary and benches, no release build: checks that every bench, peer and check runs, in
+# the time CI has; its figures are not to be quoted, even less than a smoke run's).
 #
 # Rounds: plan, engine and rto are run once per round (one sample of every case each,
 # their order rotating), so a burst of load from elsewhere falls on all of them alike;
@@ -36,12 +39,14 @@ rounds=""
 out="$root/target/bench-results"
 install=1
 only=""
+debug=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) smoke=1 ;;
         --rounds) rounds="$2"; shift ;;
         --out) out="$2"; shift ;;
         --no-install) install="" ;;
+        --debug) debug=1 ;;
         --only) only=",$2,"; shift ;;
         -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -50,6 +55,11 @@ while [[ $# -gt 0 ]]; do
 done
 rounds="${rounds:-$([[ -n "$smoke" ]] && echo 1 || echo 5)}"
 nice=(nice -n "${BENCH_NICE:-10}")
+profile=()
+if [[ -n "$debug" ]]; then
+    profile=(--profile dev)
+    export DROVER_BIN="$root/target/debug/drover"
+fi
 
 mkdir -p "$out/logs"
 results="$out/results.jsonl"
@@ -106,7 +116,7 @@ bench() {
     times >"$times_file"
     c0="$(children_cpu)"
     log "$name ($tag)"
-    "${nice[@]}" cargo bench --quiet -p drover-benches --bench "$name" -- --json "$results" "$@" >"$logfile" 2>&1
+    "${nice[@]}" cargo bench --quiet "${profile[@]}" -p drover-benches --bench "$name" -- --json "$results" "$@" >"$logfile" 2>&1
     local rc=$?
     t1="$(date +%s.%N)"
     b1="$(busy_jiffies)"
@@ -127,8 +137,12 @@ bench() {
 }
 
 # 1. Build (narrowly) and install the peers.
-step "building the release binary" "$out/logs/build-drover.log" "${nice[@]}" cargo build --release -p drover || true
-step "building the benches" "$out/logs/build-benches.log" "${nice[@]}" cargo bench -p drover-benches --no-run || true
+if [[ -n "$debug" ]]; then
+    step "building the debug binary" "$out/logs/build-drover.log" "${nice[@]}" cargo build -p drover || true
+else
+    step "building the release binary" "$out/logs/build-drover.log" "${nice[@]}" cargo build --release -p drover || true
+fi
+step "building the benches" "$out/logs/build-benches.log" "${nice[@]}" cargo bench "${profile[@]}" -p drover-benches --no-run || true
 if [[ -n "$install" ]]; then
     step "installing the peers" "$out/logs/peers.log" bash benches/peers/setup.sh || true
     sed 's/^/  /' "$out/logs/peers.log" >&2
@@ -194,7 +208,7 @@ done
 # 5. The table.
 summary_args=(--input "$results" --figures)
 [[ -n "$smoke" ]] && summary_args+=(--smoke)
-"${nice[@]}" cargo bench --quiet -p drover-benches --bench summary -- "${summary_args[@]}" | tee "$out/summary.md"
+"${nice[@]}" cargo bench --quiet "${profile[@]}" -p drover-benches --bench summary -- "${summary_args[@]}" | tee "$out/summary.md"
 summary_rc=${PIPESTATUS[0]}
 log "results: $results; logs: $out/logs; table: $out/summary.md"
 if [[ $failures -gt 0 || $summary_rc -ne 0 ]]; then
