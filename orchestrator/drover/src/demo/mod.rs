@@ -9,7 +9,7 @@
 //! backups verified by SHA-256 and replicated, a restore test of the newest real
 //! `pg_dump`), a heartbeat on east, fence east, promote west, the payments workloads
 //! scaled up in west in CMDB dependency order, verification over HTTP (the
-//! application's health endpoint, [`app`]) and SQL, and the cleanup.
+//! application's health endpoint, `drover::demolab`'s `app`) and SQL, and the cleanup.
 
 use drover::demolab as lab;
 
