@@ -62,6 +62,9 @@ if [[ -n "$debug" ]]; then
 fi
 
 mkdir -p "$out/logs"
+# Absolute: cargo runs each bench from its package's directory (benches/), where a
+# relative --json path would name another file.
+out="$(cd "$out" && pwd)"
 results="$out/results.jsonl"
 : >"$results"
 rm -f "$out/logs/"*.log
