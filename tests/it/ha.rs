@@ -484,11 +484,29 @@ fn the_state_store_restarted_mid_run_the_leader_reconnects_and_the_run_goes_on()
 fn a_schedule_fires_once_per_slot_across_two_daemons_and_a_takeover() {
     let c = Cluster::new("schedules: [{name: every3, runbook: quick, cron: \"*/3 * * * * *\"}]");
     let (mut east, west) = c.start_both();
-    std::thread::sleep(Duration::from_secs(7));
+    // Waits for the schedule's runs, not for a fixed time: a loaded machine starts slowly.
+    let fired = |at_least: usize, within: Duration| {
+        let start = Instant::now();
+        loop {
+            let n = std::fs::read_to_string(c.fx.path("fired.log")).map_or(0, |f| f.lines().count());
+            if n >= at_least {
+                return n;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{n} firings, expected {at_least} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    fired(2, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
     east.signal("-KILL");
     east.wait_exit(Duration::from_secs(10));
+    let before = fired(0, Duration::ZERO);
     wait_role(&west, "leader", Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(8));
+    fired(before + 2, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
     let (_, runs) = west.json("GET", "/api/v1/runs", "viewer", None);
     let runs: Vec<&Value> = runs
         .as_array()

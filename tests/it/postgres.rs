@@ -723,6 +723,97 @@ fn kill_9_between_fence_and_promote_then_resume_completes_the_failover() {
     assert!(stderr.contains("heartbeat write failed"), "{stderr}");
 }
 
+/// The journal records of the lab's runs, in order.
+fn journal_records(lab: &Lab) -> Vec<Value> {
+    let db = rusqlite::Connection::open(lab.fx.path("state/state.db")).unwrap();
+    let mut st = db.prepare("SELECT record FROM journal ORDER BY run_id, seq").unwrap();
+    st.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .filter_map(|r| serde_json::from_str(&r.ok()?).ok())
+        .collect()
+}
+
+/// Runs the failover `name` until drover aborts right after the fence journaled its
+/// instant (its `progress` record), then `between` on the pair, then resumes it: the
+/// resumed run's JSON, the instant the interrupted attempt journaled and the data of the
+/// fence that completed.
+fn fence_crash_then_resume(pair: &PgPair, name: &str, between: impl FnOnce(&PgPair)) -> (Value, f64, Value) {
+    let lab = Lab::new(pair);
+    lab.runbook(name, &failover(name, "sleep 1", ""));
+    let out = lab
+        .fx
+        .drover()
+        .args(["failover", name, "--yes", "--format", "json"])
+        .env(EAST, &lab.east)
+        .env(WEST, &lab.west)
+        .env("DROVER_CRASH_AT", "append.after:progress")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "drover did not abort at the crash point");
+    assert!(fenced(pair), "the crash came after the fence took effect");
+    assert!(pair.in_recovery(Node::Standby).unwrap());
+    let progress: Vec<Value> = journal_records(&lab)
+        .into_iter()
+        .filter(|r| r["event"] == "progress" && r["step"] == "fence")
+        .collect();
+    assert_eq!(progress.len(), 1, "{progress:?}");
+    let instant = progress[0]["data"]["writes_stopped_by_unix"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{progress:?}"));
+
+    between(pair);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, list, _) = lab.run(&["runs", "list"], &[]);
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let (code, run, stderr) = lab.run(&["resume", &id], &[]);
+    assert_eq!(code, 0, "{run:#}\n{stderr}");
+    assert_eq!(run["outcome"], "passed", "{run:#}");
+    assert!(!pair.in_recovery(Node::Standby).unwrap());
+    let fence = journal_records(&lab)
+        .into_iter()
+        .find(|r| r["event"] == "step_finished" && r["step"] == "fence" && r["status"] == "ok")
+        .map(|r| r["output"]["data"].clone())
+        .expect("the fence completed");
+    (run, instant, fence)
+}
+
+#[test]
+fn a_fence_rerun_after_a_crash_keeps_its_instant_unless_the_server_reloaded_since() {
+    // The fence held while drover was down: the resumed fence keeps the instant the
+    // interrupted attempt journaled, and the RPO does not count the time drover was down.
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    let (run, instant, fence) = fence_crash_then_resume(&pair, "kept", |_| {});
+    assert_eq!(fence["fenced_at_unix"].as_f64(), Some(instant), "{fence:#}");
+    assert!(
+        text(&fence["fence_instant_source"]).starts_with("an earlier attempt"),
+        "{fence:#}"
+    );
+    let observed = humantime::parse_rfc3339(text(&fence["refusal_observed_at"])).unwrap();
+    let observed = observed.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(
+        observed - instant >= 0.5,
+        "the refusal was seen by the resumed process, later"
+    );
+    let rpo = run["rpo"]["achieved_s"].as_f64().unwrap_or_else(|| panic!("{run:#}"));
+    assert!(rpo <= INTERVAL_S + 0.3, "RPO {rpo}: drover's downtime was counted");
+    drop(pair);
+
+    // The server re-read its configuration meanwhile (anyone may have unfenced it and
+    // written): the resumed fence takes its own, later instant.
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    let (run, instant, fence) = fence_crash_then_resume(&pair, "reloaded", |pair| {
+        pair.sql(Node::Primary, "SELECT pg_reload_conf()").unwrap();
+    });
+    let fenced_at = fence["fenced_at_unix"].as_f64().unwrap();
+    assert!(fenced_at > instant + 0.5, "{fence:#}");
+    assert!(
+        !text(&fence["fence_instant_source"]).starts_with("an earlier attempt"),
+        "{fence:#}"
+    );
+    let rpo = run["rpo"]["achieved_s"].as_f64().unwrap();
+    assert!(rpo >= fenced_at - instant, "RPO {rpo} counts from the later instant");
+}
+
 #[test]
 fn a_lost_primary_blocks_promotion_unless_the_runbook_declares_the_site_lost() {
     let pair = PgPair::start().expect("start a PostgreSQL pair");

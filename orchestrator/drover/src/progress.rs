@@ -94,6 +94,9 @@ pub fn describe(rec: &Record) -> Option<String> {
         Event::Checkpoint { phase, step, .. } => {
             format!("{} `{step}` journaled its prior state (checkpoint)", phase_name(*phase))
         }
+        Event::Progress { phase, step, .. } => {
+            format!("{} `{step}` journaled how far it got (progress)", phase_name(*phase))
+        }
         Event::StepAttemptFailed {
             phase,
             step,

@@ -212,6 +212,14 @@ pub enum Event {
         attempt: u32,
         data: serde_json::Value,
     },
+    /// How far a step got, journaled while it acts ([`drover_plugin_api::StepContext::save_progress`]):
+    /// a later attempt of the step (a re-run after a crash) finds the latest one.
+    Progress {
+        phase: Phase,
+        step: String,
+        attempt: u32,
+        data: serde_json::Value,
+    },
     StepAttemptFailed {
         phase: Phase,
         step: String,
@@ -301,6 +309,7 @@ impl Event {
             Event::CheckAttemptFailed { .. } => "check_attempt_failed",
             Event::StepStarted { .. } => "step_started",
             Event::Checkpoint { .. } => "checkpoint",
+            Event::Progress { .. } => "progress",
             Event::StepAttemptFailed { .. } => "step_attempt_failed",
             Event::StepFinished { .. } => "step_finished",
             Event::Halted { .. } => "halted",
@@ -643,6 +652,7 @@ fn crash_names(event: &Event) -> [String; 4] {
         | Event::StepFinished { phase, .. }
         | Event::StepAttemptFailed { phase, .. }
         | Event::Checkpoint { phase, .. }
+        | Event::Progress { phase, .. }
         | Event::CheckPassed { phase, .. }
         | Event::CheckFailed { phase, .. }
         | Event::CheckAttemptFailed { phase, .. } => Some(*phase),

@@ -32,6 +32,8 @@ pub struct StepState {
     pub finish_seq: Option<u64>,
     /// The first checkpoint the step journaled (the state before it acted).
     pub checkpoint: Option<serde_json::Value>,
+    /// The latest progress the step journaled (how far an attempt got).
+    pub progress: Option<serde_json::Value>,
     /// Whether the step may have changed something: it completed, or an attempt's
     /// outcome is unknown (timed out, cancelled, panicked, or drover died during it).
     /// Such a step is undone when the run halts, whatever its status says.
@@ -199,6 +201,7 @@ impl RunState {
                     attempt_errors: Vec::new(),
                     finish_seq: None,
                     checkpoint: None,
+                    progress: None,
                     may_have_acted: false,
                     last_seq: 0,
                     found: serde_json::Value::Null,
@@ -392,6 +395,13 @@ impl RunState {
                 if s.checkpoint.is_none() {
                     s.checkpoint = Some(data.clone());
                 }
+            }
+            Event::Progress { phase, step, data, .. } => {
+                let seq = r.seq;
+                let s = self.step_mut(*phase, step);
+                s.may_have_acted = true;
+                s.last_seq = seq;
+                s.progress = (!data.is_null()).then(|| data.clone());
             }
             Event::StepAttemptFailed { phase, step, error, .. } => {
                 let seq = r.seq;

@@ -71,6 +71,9 @@ pub trait CheckpointSink: Send + Sync {
     /// Appends the checkpoint to the run's journal; when this returns `Ok` it survives a
     /// crash of drover.
     async fn save(&self, data: serde_json::Value) -> Result<(), ActionError>;
+    /// Appends the step's progress to the run's journal; when this returns `Ok` it
+    /// survives a crash of drover.
+    async fn save_progress(&self, data: serde_json::Value) -> Result<(), ActionError>;
 }
 
 /// Keeps no checkpoints: for actions run outside a run (tests, previews).
@@ -80,6 +83,9 @@ pub struct NoCheckpoints;
 #[async_trait]
 impl CheckpointSink for NoCheckpoints {
     async fn save(&self, _data: serde_json::Value) -> Result<(), ActionError> {
+        Ok(())
+    }
+    async fn save_progress(&self, _data: serde_json::Value) -> Result<(), ActionError> {
         Ok(())
     }
 }
@@ -276,7 +282,10 @@ pub struct StepContext {
     /// The checkpoint this step journaled in an earlier attempt (the first one saved),
     /// also after a crash; `None` when it has none yet.
     pub checkpoint: Option<serde_json::Value>,
-    /// Where [`StepContext::save_checkpoint`] journals to.
+    /// The progress an earlier attempt of this step journaled last
+    /// ([`StepContext::save_progress`]), also after a crash; `None` when there is none.
+    pub progress: Option<serde_json::Value>,
+    /// Where [`StepContext::save_checkpoint`] and [`StepContext::save_progress`] journal to.
     pub checkpoints: Arc<dyn CheckpointSink>,
 }
 
@@ -341,6 +350,13 @@ impl StepContext {
         }
         self.checkpoints.save(data.clone()).await?;
         Ok(data)
+    }
+
+    /// Journals how far this attempt got, for a later attempt (a re-run after a crash
+    /// finds the latest in [`StepContext::progress`]). Unlike a checkpoint, the latest
+    /// wins; `Value::Null` withdraws an earlier one. Not given to `compensate`.
+    pub async fn save_progress(&self, data: serde_json::Value) -> Result<(), ActionError> {
+        self.checkpoints.save_progress(data).await
     }
 
     /// Time left before the deadline.

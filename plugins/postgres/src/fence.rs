@@ -10,7 +10,9 @@
 //!    `ALTER ROLE ... IN DATABASE ...`, `ALTER ROLE ALL ...`) are reset: they take
 //!    precedence over `ALTER SYSTEM`.
 //! 2. `ALTER SYSTEM SET default_transaction_read_only = on` and `pg_reload_conf()`:
-//!    every new transaction, in every session, is read-only by default.
+//!    every new transaction, in every session, is read-only by default. The step waits
+//!    until its own session has re-read the configuration (the postmaster re-reads it
+//!    first), so that no session forked later starts with the old default.
 //! 3. Every other client session is terminated and drover waits until they have
 //!    exited, so that no transaction that began read-write can still commit. A session
 //!    that cannot be ended fails the fence (retryable), as do prepared transactions
@@ -23,8 +25,14 @@
 //! checkpoint before it reports the failure (the engine compensates completed steps
 //! only), so a failed fence does not leave a primary read-only with nobody promoted.
 //!
-//! Recorded: the fence instant (wall clock, when the refusal was seen), the primary's
-//! WAL position at that instant, its `system_identifier` and whether it was in
+//! Recorded: the fence instant (drover's wall clock, the clock of the heartbeat rows):
+//! the moment no write could commit any more, every session that began before the
+//! fence having exited and no prepared transaction left, an upper bound of the old
+//! primary's last write and the instant the RPO is measured from. It is journaled as the
+//! step's progress before the observation, and a re-run after a crash keeps it if the
+//! fence has held since (same server, no configuration reload or restart, still
+//! read-only); else the re-run takes its own, later one. Also the moment the refusal was
+//! seen, the primary's WAL position then, its `system_identifier` and whether it was in
 //! recovery (`postgres.promote` accepts only a fence of its standby's own primary),
 //! the standbys then streaming from it, the newest heartbeat row of this run on it.
 //!
@@ -441,10 +449,78 @@ struct Done {
     neutralised: Vec<Override>,
     ended: usize,
     refusal: String,
+    /// drover's wall clock once no write could commit any more: every session that
+    /// began before the fence had exited and no prepared transaction was left.
+    writes_stopped_by: f64,
+}
+
+/// The server's `pg_conf_load_time()` in this session, in microseconds (the server's
+/// clock).
+async fn conf_loaded_us(db: &Db) -> Result<i64, ActionError> {
+    let row = db
+        .one("SELECT (extract(epoch FROM pg_conf_load_time()) * 1000000)::int8", &[])
+        .await
+        .map_err(|e| e.into_action("cannot read when it loaded its configuration", true))?;
+    db.get::<i64>(&row, 0).map_err(read_err)
+}
+
+/// How long the server may take to re-read its configuration after `pg_reload_conf()`.
+const RELOAD_WITHIN: Duration = Duration::from_secs(5);
+
+/// Waits until this session has re-read the configuration since `before` (the
+/// postmaster re-reads it first, then signals every session, this one included), so
+/// that no session can start after the listing in step 3 with the old default.
+async fn await_reload(db: &Db, cx: &StepContext, name: &str, before: i64) -> Result<i64, ActionError> {
+    let until = Instant::now() + cx.remaining().min(RELOAD_WITHIN);
+    loop {
+        let now = conf_loaded_us(db).await?;
+        if now > before {
+            return Ok(now);
+        }
+        if Instant::now() >= until {
+            return Err(ActionError::Retryable(format!(
+                "`{name}` did not re-read its configuration within {} of pg_reload_conf()",
+                humantime::format_duration(RELOAD_WITHIN)
+            )));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(2)) => {}
+            () = cx.cancel.cancelled() => return Err(ActionError::Cancelled),
+        }
+    }
+}
+
+/// The instant an earlier attempt of this step saw writes stop (journaled as its
+/// progress before drover died, or before that attempt failed), when the fence it
+/// applied has held since: the same server, `ALTER SYSTEM` still read-only and no
+/// override (`still_fenced`), and no configuration reload nor restart since that
+/// attempt's own reload (`pg_conf_load_time()` of a new session is the postmaster's,
+/// which re-read it before that attempt's session did). Else `None`: this attempt takes
+/// its own, later instant, which overstates the loss rather than understating it.
+async fn earlier_instant(
+    db: &Db,
+    cx: &StepContext,
+    still_fenced: bool,
+    system_identifier: Option<&str>,
+) -> Option<f64> {
+    let p = cx.progress.as_ref()?;
+    if !still_fenced || p["system_identifier"].as_str() != system_identifier {
+        return None;
+    }
+    let t = p["writes_stopped_by_unix"].as_f64()?;
+    let loaded = p["conf_loaded_us"].as_i64()?;
+    let now = conf_loaded_us(db).await.ok()?;
+    (now <= loaded).then_some(t)
 }
 
 /// Steps 1-4 of the fence (see the module documentation) on a connected primary.
-async fn apply(db: &Db, target: &Target, cx: &StepContext, in_recovery: bool) -> Result<Done, ActionError> {
+async fn apply(
+    db: &Db,
+    target: &Target,
+    cx: &StepContext,
+    in_recovery: bool,
+    system_identifier: Option<&str>,
+) -> Result<Done, ActionError> {
     let name = target.name.as_str();
     // 1. Overrides that would start read-write transactions for some role or database
     // (a standby starts none, and cannot change them).
@@ -455,12 +531,14 @@ async fn apply(db: &Db, target: &Target, cx: &StepContext, in_recovery: bool) ->
         neutralised.push(o);
     }
     // 2. Read-only for every new transaction.
+    let loaded_before = conf_loaded_us(db).await?;
     db.batch("ALTER SYSTEM SET default_transaction_read_only = on")
         .await
         .map_err(|e| e.into_action("cannot set default_transaction_read_only", true))?;
     db.batch("SELECT pg_reload_conf()")
         .await
         .map_err(|e| e.into_action("cannot reload its configuration", true))?;
+    let loaded = await_reload(db, cx, name, loaded_before).await?;
 
     // 3. End the other client sessions: signal them all, then wait until they are gone.
     let rows = db
@@ -529,6 +607,15 @@ async fn apply(db: &Db, target: &Target, cx: &StepContext, in_recovery: bool) ->
             gids.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ")
         )));
     }
+    // No write can commit from here on: journaled, so that a re-run after a crash keeps
+    // this instant while the fence holds (see `earlier_instant`).
+    let writes_stopped_by = now_unix();
+    cx.save_progress(json!({
+        "writes_stopped_by_unix": writes_stopped_by,
+        "conf_loaded_us": loaded,
+        "system_identifier": system_identifier,
+    }))
+    .await?;
 
     // 4. Observe: a new session's write is refused, and nothing overrides the fence.
     let refusal = observe(target, cx, true).await?.unwrap_or_default();
@@ -547,6 +634,7 @@ async fn apply(db: &Db, target: &Target, cx: &StepContext, in_recovery: bool) ->
         neutralised,
         ended: signalled.len(),
         refusal,
+        writes_stopped_by,
     })
 }
 
@@ -614,12 +702,14 @@ impl Action for Fence {
         // The checkpoint: what the fence changes, as it is now (or as an earlier
         // attempt of this step saw it, which wins).
         let prior = read_prior(&db).await?;
+        let still_fenced = prior.was_fenced() && !prior.overrides.iter().any(Override::defeats_fence);
+        let earlier = earlier_instant(&db, cx, still_fenced, system_identifier.as_deref()).await;
         let saved = cx
             .save_checkpoint(serde_json::to_value(&prior).unwrap_or(Value::Null))
             .await?;
         let prior: Prior = serde_json::from_value(saved).unwrap_or(prior);
 
-        let done = match apply(&db, &target, cx, in_recovery).await {
+        let done = match apply(&db, &target, cx, in_recovery, system_identifier.as_deref()).await {
             Ok(d) => d,
             Err(e @ (ActionError::Cancelled | ActionError::OutcomeUnknown(_))) => return Err(e),
             Err(e) => {
@@ -636,8 +726,19 @@ impl Action for Fence {
                 });
             }
         };
-        let fenced_at = now_unix();
+        let observed_at = now_unix();
         let took_s = started.elapsed().as_secs_f64();
+        // The fence instant: when writes stopped (not when the refusal was seen, later).
+        let (fenced_at, source) = match earlier {
+            Some(t) => (
+                t,
+                "an earlier attempt: every session ended and no prepared transaction left (the fence held since)",
+            ),
+            None => (
+                done.writes_stopped_by,
+                "every session ended and no prepared transaction left",
+            ),
+        };
 
         // What the primary had written at the fence, and who streamed from it.
         let row = db
@@ -687,7 +788,8 @@ impl Action for Fence {
             "in_recovery": in_recovery,
             "fenced_at": rfc3339(fenced_at),
             "fenced_at_unix": fenced_at,
-            "fence_instant_source": "the refused write",
+            "fence_instant_source": source,
+            "refusal_observed_at": rfc3339(observed_at),
             "fence_started_at": rfc3339(started_at),
             "fence_took_s": took_s,
             "fence_lsn": fence_lsn,

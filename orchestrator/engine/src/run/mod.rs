@@ -732,6 +732,19 @@ impl drover_plugin_api::CheckpointSink for JournalCheckpoints {
             .map(drop)
             .map_err(|e| ActionError::Permanent(format!("cannot journal the checkpoint: {e}")))
     }
+
+    async fn save_progress(&self, data: serde_json::Value) -> Result<(), ActionError> {
+        self.journal
+            .append(Event::Progress {
+                phase: self.phase,
+                step: self.step.clone(),
+                attempt: self.attempt,
+                data,
+            })
+            .await
+            .map(drop)
+            .map_err(|e| ActionError::Permanent(format!("cannot journal the step's progress: {e}")))
+    }
 }
 
 /// What an action gets for one attempt.
@@ -768,6 +781,9 @@ fn step_context(
         checkpoint: ctx
             .journal
             .with_state(|st| st.step(of, id).and_then(|s| s.checkpoint.clone())),
+        progress: ctx
+            .journal
+            .with_state(|st| st.step(phase, id).and_then(|s| s.progress.clone())),
         checkpoints: Arc::new(JournalCheckpoints {
             journal: ctx.journal.clone(),
             phase,
