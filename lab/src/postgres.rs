@@ -435,15 +435,26 @@ impl PgPair {
     }
 
     /// A server dies: SIGKILL to its postmaster and all its processes. Returns when its
-    /// port no longer accepts connections. [`Self::start_node_again`] brings it back.
+    /// port no longer accepts connections and those processes are gone.
+    /// [`Self::start_node_again`] brings it back.
     pub fn kill(&self, node: Node) -> Result<(), LabError> {
         let pid = self.postmaster_pid(node)?;
+        // The postmaster and every process it forked, at once, as a crash of the machine
+        // would: a child that is stopped (SIGSTOP) would not notice its postmaster's
+        // death, and would keep the shared memory a restart needs.
+        let children = children_of(pid.as_raw());
         if killpg(pid, Signal::SIGKILL).is_err() {
             kill(pid, Signal::SIGKILL).map_err(|e| LabError::Setup(format!("kill -9 {pid}: {e}")))?;
+        }
+        for c in &children {
+            let _ = kill(Pid::from_raw(*c), Signal::SIGKILL);
         }
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port(node)));
         wait_until("the server gone", Duration::from_secs(10), || {
             Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err())
+        })?;
+        wait_until("the server's processes gone", Duration::from_secs(10), || {
+            Ok(!children.iter().chain([&pid.as_raw()]).any(|p| live(*p)))
         })
     }
 
@@ -690,6 +701,30 @@ fn random_password() -> Result<String, LabError> {
 }
 
 /// Polls `done` every 20 ms until it says yes, or fails after `within`.
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces):
+/// state, ppid, pgrp, ...
+fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| proc_stat(*p).and_then(|f| f.get(1)?.parse::<i32>().ok()) == Some(pid))
+        .collect()
+}
+
+/// Whether process `pid` is alive (a zombie, dead but not reaped, is not).
+fn live(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
+}
+
 pub fn wait_until(
     what: &str,
     within: Duration,

@@ -1398,3 +1398,141 @@ fn the_standby_killed_at_promotion_ends_the_run_in_bounded_time_and_east_stays_f
     assert!(!fenced(&pair), "the fence was not undone");
     assert!(pair.in_recovery(Node::Standby).unwrap());
 }
+
+/// Fails over with west killed (the whole server, kill -9) inside drover's
+/// `pg_promote()` call, then brings west back and resumes the run. With `hold`, west's
+/// startup process is stopped (SIGSTOP) before the call, so the promotion cannot
+/// complete before the kill; without, the kill comes once the promotion is complete,
+/// while pg_promote() still waits for its next poll (it polls every 100 ms). Whether
+/// west came back promoted; `None` when the kill missed the window (pg_promote had
+/// already answered drover).
+fn kill_inside_pg_promote(hold: bool) -> Option<bool> {
+    let pair = PgPair::start().expect("start a PostgreSQL pair");
+    let lab = Lab::new(&pair);
+    lab.runbook(
+        "inside",
+        &failover("inside", "true", "").replace(
+            "  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence], timeout: 1m}\n",
+            &format!(
+                "  - {{id: gate, ci: db, uses: exec.run, with: {{command: [sh, -c, \"{GATE}\"]}}, needs: [fence]}}\n  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [gate], timeout: 20s, retries: 2}}\n"
+            ),
+        ),
+    );
+    let child = lab.spawn(&["failover", "inside", "--yes"]);
+    lab.wait_for("gate.started", Duration::from_secs(60));
+    pair.wait_caught_up(Duration::from_secs(30)).unwrap();
+    if hold {
+        let pid = pair
+            .sql(
+                Node::Standby,
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'",
+            )
+            .unwrap();
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(stopped.success(), "kill -STOP {pid}");
+    }
+    // A watcher on west sees drover's pg_promote() running (and, unless held, the
+    // promotion complete); the kill follows within milliseconds.
+    let url = pair.standby_url();
+    let watcher = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let promoting = async || {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                         AND query LIKE 'SELECT pg_promote(%' AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+            };
+            let until = Instant::now() + Duration::from_secs(60);
+            while !promoting().await {
+                assert!(Instant::now() < until, "no session ever ran pg_promote()");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if hold {
+                return true;
+            }
+            loop {
+                let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap();
+                if !row.get::<_, bool>(0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            promoting().await
+        })
+    });
+    lab.fx.write("go", "");
+    let inside = watcher.join().unwrap();
+    pair.kill(Node::Standby).unwrap();
+    let killed = Instant::now();
+    let (code, run, stderr) = finish(child);
+    let took = killed.elapsed();
+    eprintln!(
+        "outcome {} (exit {code}) {:.1} s after the kill; promote: {}",
+        run["outcome"],
+        took.as_secs_f64(),
+        step(&run, "promote")["error"]
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    if !inside || step(&run, "promote")["status"] == "ok" {
+        eprintln!("the kill came after pg_promote() had answered: a miss");
+        return None;
+    }
+    // drover cannot tell whether the promotion happened: east stays fenced, the run is
+    // stuck and keeps the service.
+    assert_eq!(step(&run, "promote")["status"], "failed", "{run:#}\n{stderr}");
+    assert_eq!(run["outcome"], "stuck", "{run:#}");
+    assert!(fenced(&pair), "east was unfenced with west's state unknown");
+
+    // West comes back, promoted or not. Either way the resumed run leaves exactly one
+    // writable primary.
+    pair.start_node_again(Node::Standby).unwrap();
+    let promoted = !pair.in_recovery(Node::Standby).unwrap();
+    eprintln!("west came back {}", if promoted { "promoted" } else { "a standby" });
+    if !promoted {
+        pair.wait_streaming(Duration::from_secs(30)).unwrap();
+    }
+    let id = text(&run["id"]).to_owned();
+    let (code, after, stderr) = lab.run(&["resume", &id, "--yes"], &[]);
+    eprintln!("resumed: outcome {} (exit {code})", after["outcome"]);
+    let east_writable = !fenced(&pair);
+    let west_writable = !pair.in_recovery(Node::Standby).unwrap();
+    assert!(
+        east_writable != west_writable,
+        "east writable {east_writable}, west writable {west_writable}: {after:#}\n{stderr}"
+    );
+    if promoted {
+        // Unfencing east would make two primaries: the fence holds, the run stays stuck.
+        assert!(!east_writable, "east unfenced although west is a primary");
+        assert_eq!(after["outcome"], "stuck", "{after:#}\n{stderr}");
+    } else {
+        // West streams from east again: it was not promoted, the fence is undone.
+        assert_eq!(after["outcome"], "failed", "exit {code}: {after:#}\n{stderr}");
+        assert!(east_writable, "the fence was not undone");
+    }
+    Some(promoted)
+}
+
+#[test]
+fn the_standby_killed_inside_pg_promote_never_leaves_two_writable_primaries() {
+    // The promotion held back (west's startup process stopped): west comes back a
+    // standby, and the resume undoes the fence.
+    assert_eq!(kill_inside_pg_promote(true), Some(false));
+    // Killed after the promotion completed, before pg_promote() answered: west comes
+    // back a primary, and the fence holds. The window is most of a 100 ms poll; a miss
+    // (pg_promote answered first) is tried again.
+    let after = (0..3).find_map(|_| kill_inside_pg_promote(false));
+    assert_eq!(after, Some(true), "three misses in a row");
+}
