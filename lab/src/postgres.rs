@@ -700,7 +700,6 @@ fn random_password() -> Result<String, LabError> {
     ))
 }
 
-/// Polls `done` every 20 ms until it says yes, or fails after `within`.
 /// The fields of `/proc/PID/stat` after the command name (which may hold spaces):
 /// state, ppid, pgrp, ...
 fn proc_stat(pid: i32) -> Option<Vec<String>> {
@@ -725,6 +724,7 @@ fn live(pid: i32) -> bool {
     proc_stat(pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
 }
 
+/// Polls `done` every 20 ms until it says yes, or fails after `within`.
 pub fn wait_until(
     what: &str,
     within: Duration,

@@ -1350,19 +1350,22 @@ fn rpo_ignores_heartbeat_rows_newer_than_the_fence() {
     assert!(rpo > 0.0 && rpo <= INTERVAL_S + 0.5, "RPO {rpo}: {summary}");
 }
 
+/// [`failover`] with a [`GATE`] between fence and promote, and a promotion that may take
+/// 20 s an attempt, 3 attempts.
+fn failover_gated_before_promote(name: &str) -> String {
+    failover(name, "true", "").replace(
+        "  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence], timeout: 1m}\n",
+        &format!(
+            "  - {{id: gate, ci: db, uses: exec.run, with: {{command: [sh, -c, \"{GATE}\"]}}, needs: [fence]}}\n  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [gate], timeout: 20s, retries: 2}}\n"
+        ),
+    )
+}
+
 #[test]
 fn the_standby_killed_at_promotion_ends_the_run_in_bounded_time_and_east_stays_fenced() {
     let pair = PgPair::start().expect("start a PostgreSQL pair");
     let lab = Lab::new(&pair);
-    lab.runbook(
-        "dies",
-        &failover("dies", "true", "").replace(
-            "  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence], timeout: 1m}\n",
-            &format!(
-                "  - {{id: gate, ci: db, uses: exec.run, with: {{command: [sh, -c, \"{GATE}\"]}}, needs: [fence]}}\n  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [gate], timeout: 20s, retries: 2}}\n"
-            ),
-        ),
-    );
+    lab.runbook("dies", &failover_gated_before_promote("dies"));
     let child = lab.spawn(&["failover", "dies", "--yes"]);
     lab.wait_for("gate.started", Duration::from_secs(60));
     // West dies as the promotion is about to reach it, and stays down.
@@ -1409,15 +1412,7 @@ fn the_standby_killed_at_promotion_ends_the_run_in_bounded_time_and_east_stays_f
 fn kill_inside_pg_promote(hold: bool) -> Option<bool> {
     let pair = PgPair::start().expect("start a PostgreSQL pair");
     let lab = Lab::new(&pair);
-    lab.runbook(
-        "inside",
-        &failover("inside", "true", "").replace(
-            "  - {id: promote, ci: db, uses: postgres.promote, with: {database: db-west}, needs: [fence], timeout: 1m}\n",
-            &format!(
-                "  - {{id: gate, ci: db, uses: exec.run, with: {{command: [sh, -c, \"{GATE}\"]}}, needs: [fence]}}\n  - {{id: promote, ci: db, uses: postgres.promote, with: {{database: db-west}}, needs: [gate], timeout: 20s, retries: 2}}\n"
-            ),
-        ),
-    );
+    lab.runbook("inside", &failover_gated_before_promote("inside"));
     let child = lab.spawn(&["failover", "inside", "--yes"]);
     lab.wait_for("gate.started", Duration::from_secs(60));
     pair.wait_caught_up(Duration::from_secs(30)).unwrap();

@@ -718,32 +718,36 @@ struct JournalCheckpoints {
     attempt: u32,
 }
 
+impl JournalCheckpoints {
+    async fn append(&self, event: Event, what: &str) -> Result<(), ActionError> {
+        self.journal
+            .append(event)
+            .await
+            .map(drop)
+            .map_err(|e| ActionError::Permanent(format!("cannot journal the {what}: {e}")))
+    }
+}
+
 #[async_trait::async_trait]
 impl drover_plugin_api::CheckpointSink for JournalCheckpoints {
     async fn save(&self, data: serde_json::Value) -> Result<(), ActionError> {
-        self.journal
-            .append(Event::Checkpoint {
-                phase: self.phase,
-                step: self.step.clone(),
-                attempt: self.attempt,
-                data,
-            })
-            .await
-            .map(drop)
-            .map_err(|e| ActionError::Permanent(format!("cannot journal the checkpoint: {e}")))
+        let event = Event::Checkpoint {
+            phase: self.phase,
+            step: self.step.clone(),
+            attempt: self.attempt,
+            data,
+        };
+        self.append(event, "checkpoint").await
     }
 
     async fn save_progress(&self, data: serde_json::Value) -> Result<(), ActionError> {
-        self.journal
-            .append(Event::Progress {
-                phase: self.phase,
-                step: self.step.clone(),
-                attempt: self.attempt,
-                data,
-            })
-            .await
-            .map(drop)
-            .map_err(|e| ActionError::Permanent(format!("cannot journal the step's progress: {e}")))
+        let event = Event::Progress {
+            phase: self.phase,
+            step: self.step.clone(),
+            attempt: self.attempt,
+            data,
+        };
+        self.append(event, "step's progress").await
     }
 }
 
