@@ -101,8 +101,20 @@ fn records(lab: &Lab, id: &str) -> Vec<String> {
     st.query_map([id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
 
+/// The runs holding a service lock; none when drover was killed before it created the
+/// store's tables.
 fn locks(lab: &Lab) -> Vec<String> {
     let db = db(lab);
+    let created: bool = db
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'service_locks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if !created {
+        return Vec::new();
+    }
     let mut st = db.prepare("SELECT run_id FROM service_locks").unwrap();
     st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
