@@ -187,6 +187,12 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
+/// An RFC 3339 time of drover's records, as unix seconds.
+pub(crate) fn unix_of(rfc3339: &str) -> f64 {
+    let t = humantime::parse_rfc3339(rfc3339).unwrap_or_else(|e| panic!("{rfc3339}: {e}"));
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
 pub(crate) fn now_unix() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -724,7 +730,7 @@ fn kill_9_between_fence_and_promote_then_resume_completes_the_failover() {
 }
 
 /// The journal records of the lab's runs, in order.
-fn journal_records(lab: &Lab) -> Vec<Value> {
+pub(crate) fn journal_records(lab: &Lab) -> Vec<Value> {
     let db = rusqlite::Connection::open(lab.fx.path("state/state.db")).unwrap();
     let mut st = db.prepare("SELECT record FROM journal ORDER BY run_id, seq").unwrap();
     st.query_map([], |r| r.get::<_, String>(0))
@@ -788,8 +794,7 @@ fn a_fence_rerun_after_a_crash_keeps_its_instant_unless_the_server_reloaded_sinc
         text(&fence["fence_instant_source"]).starts_with("an earlier attempt"),
         "{fence:#}"
     );
-    let observed = humantime::parse_rfc3339(text(&fence["refusal_observed_at"])).unwrap();
-    let observed = observed.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let observed = unix_of(text(&fence["refusal_observed_at"]));
     assert!(
         observed - instant >= 0.5,
         "the refusal was seen by the resumed process, later"

@@ -34,9 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_lab::{Node, PgPair, TcpProxy};
-use serde_json::Value;
 
-use crate::postgres::{GATE, INTERVAL_S, Lab, PREFLIGHT, VERIFY, finish, now_unix, step};
+use crate::postgres::{GATE, INTERVAL_S, Lab, PREFLIGHT, VERIFY, finish, journal_records, now_unix, step, unix_of};
 use crate::support::{Rng, seed};
 
 /// One write a server accepted: its number, when it was sent and acknowledged (unix s).
@@ -490,13 +489,7 @@ struct FenceRecord {
 
 /// The fence step of the lab's run, from its journal.
 fn fence_record(lab: &Lab) -> FenceRecord {
-    let db = rusqlite::Connection::open(lab.fx.path("state/state.db")).unwrap();
-    let mut st = db.prepare("SELECT record FROM journal ORDER BY run_id, seq").unwrap();
-    let records: Vec<Value> = st
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .filter_map(|r| serde_json::from_str(&r.ok()?).ok())
-        .collect();
+    let records = journal_records(lab);
     let mut resumed = false;
     let mut out = FenceRecord {
         started: 0.0,
@@ -509,11 +502,7 @@ fn fence_record(lab: &Lab) -> FenceRecord {
             Some("resumed") => resumed = true,
             Some("step_started") if r["step"] == "fence" => {
                 if out.started == 0.0 {
-                    out.started = r["at"]
-                        .as_str()
-                        .and_then(|at| humantime::parse_rfc3339(at).ok())
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0.0, |d| d.as_secs_f64());
+                    out.started = r["at"].as_str().map_or(0.0, unix_of);
                 }
                 out.rerun |= resumed;
             }
