@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use drover_model::graph::CiGraph;
 use drover_model::{Cmdb, Config, Diagnostic, Runbook, Workspace};
 use drover_plugin_api::Registry;
 
@@ -20,6 +21,15 @@ impl Loaded {
     }
     pub fn cmdb(&self) -> &Cmdb {
         self.ws.cmdb.as_ref().expect("checked when loaded")
+    }
+
+    /// The CMDB's dependency graph: the one validation built (a CMDB with a cycle does
+    /// not load, so it is there), else built now.
+    pub fn ci_graph(&self) -> std::borrow::Cow<'_, CiGraph> {
+        match &self.ws.ci_graph {
+            Some(g) => std::borrow::Cow::Borrowed(g),
+            None => std::borrow::Cow::Owned(CiGraph::new(self.cmdb())),
+        }
     }
 }
 

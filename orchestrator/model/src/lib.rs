@@ -17,6 +17,7 @@ pub mod paths;
 pub mod runbook;
 pub mod types;
 pub mod validate;
+pub mod yaml;
 
 pub use catalog::{ActionCatalog, ActionClass, ParamCx};
 pub use cmdb::{Ci, Cmdb, Targets, Tier};

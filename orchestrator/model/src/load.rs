@@ -10,6 +10,7 @@ use crate::cmdb::{Ci, Cmdb};
 use crate::config::{Config, Database, ExternalPlugin, KubeCluster, ObjectStore, Schedule, Site};
 use crate::de::{DeError, from_node};
 use crate::diag::{Diagnostic, Issue, Location, sort_and_dedup};
+use crate::graph::CiGraph;
 use crate::node::{Located, Node, parse_yaml};
 use crate::paths::{folder_of, normalize, resolve};
 use crate::runbook::{Check, Runbook, Step};
@@ -34,6 +35,9 @@ pub struct Workspace {
     /// File texts, for snippets in diagnostics.
     pub sources: BTreeMap<PathBuf, String>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The CMDB's dependency graph, once [`Workspace::validate`] found it acyclic: built
+    /// once, for the checks and then for planning.
+    pub ci_graph: Option<CiGraph>,
 }
 
 impl Workspace {

@@ -121,7 +121,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a value")
             }
-            // serde-saphyr: ask for its span-aware wrapper.
+            // serde-saphyr (the reference loader of the tests): its span-aware wrapper.
+            #[cfg(test)]
             fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
                 let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
                 let loc = Location::new(
@@ -346,75 +347,91 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-/// Largest input accepted, to bound memory on hostile files.
-const MAX_INPUT: usize = 16 * 1024 * 1024;
-
-/// Most YAML values (scalars, lists and mappings) in one file, to bound memory: a CMDB
-/// of 100,000 CIs fits. serde-saphyr's default (250,000) stops at about 19,000 CIs.
-const MAX_NODES: usize = 2_000_000;
-
 /// Parses one YAML document into a located tree. An empty document is an empty mapping.
+/// What a value means, and the limits on hostile files: [`crate::yaml`]. A panic of the
+/// parser (none is known; the fuzz targets count them) is an error of the file, not of
+/// drover.
 pub fn parse_yaml(src: &str) -> Result<Located<Node>, Issue> {
-    if src.len() > MAX_INPUT {
-        return Err(Issue::new(Location::new(1, 1), "file is larger than 16 MiB"));
-    }
-    let options = serde_saphyr::options! {
-        strict_booleans: true,
-        with_snippet: false,
-        budget: serde_saphyr::budget! {
-            max_nodes: MAX_NODES,
-            max_events: 3 * MAX_NODES,
-        },
-    };
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        serde_saphyr::from_str_with_options::<Located<Node>>(src, options)
-    }));
-    match parsed {
-        Ok(Ok(node)) => Ok(match node.value {
-            Node::Null => Located::empty_map(Location::new(1, 1)),
-            _ => node,
-        }),
-        Ok(Err(e)) => {
-            let loc = e
-                .location()
-                .map(|l| {
-                    Location::new(
-                        u32::try_from(l.line()).unwrap_or(u32::MAX).max(1),
-                        u32::try_from(l.column()).unwrap_or(u32::MAX).max(1),
-                    )
-                })
-                .unwrap_or(Location::new(1, 1));
-            Err(Issue::new(loc, clean_message(&e.to_string())))
-        }
-        Err(_) => Err(Issue::new(Location::new(1, 1), "the YAML parser failed on this file")),
-    }
+    std::panic::catch_unwind(|| crate::yaml::parse(src))
+        .unwrap_or_else(|_| Err(Issue::new(Location::new(1, 1), "the YAML parser failed on this file")))
 }
 
-/// serde-saphyr's messages start with `error: line L column C: `; the location is
-/// printed by us, so strip it.
-fn clean_message(msg: &str) -> String {
-    let first = msg.lines().next().unwrap_or(msg);
-    let m = first.strip_prefix("error: ").unwrap_or(first);
-    let m = match m.strip_prefix("line ") {
-        Some(rest) => match rest.find(": ") {
-            Some(i) if rest[..i].contains("column") => &rest[i + 2..],
+/// The serde-saphyr loader drover used before [`crate::yaml`], kept as the reference of
+/// the differential test (`yaml::tests`).
+#[cfg(test)]
+pub(crate) mod reference {
+    use super::*;
+
+    /// Largest input accepted, to bound memory on hostile files.
+    const MAX_INPUT: usize = 16 * 1024 * 1024;
+
+    /// Most YAML values (scalars, lists and mappings) in one file, to bound memory: a CMDB
+    /// of 100,000 CIs fits. serde-saphyr's default (250,000) stops at about 19,000 CIs.
+    const MAX_NODES: usize = 2_000_000;
+
+    /// The loader before `crate::yaml`: serde-saphyr with a `Spanned` per value.
+    pub(crate) fn parse_yaml_serde_saphyr(src: &str) -> Result<Located<Node>, Issue> {
+        if src.len() > MAX_INPUT {
+            return Err(Issue::new(Location::new(1, 1), "file is larger than 16 MiB"));
+        }
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            with_snippet: false,
+            budget: serde_saphyr::budget! {
+                max_nodes: MAX_NODES,
+                max_events: 3 * MAX_NODES,
+            },
+        };
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serde_saphyr::from_str_with_options::<Located<Node>>(src, options)
+        }));
+        match parsed {
+            Ok(Ok(node)) => Ok(match node.value {
+                Node::Null => Located::empty_map(Location::new(1, 1)),
+                _ => node,
+            }),
+            Ok(Err(e)) => {
+                let loc = e
+                    .location()
+                    .map(|l| {
+                        Location::new(
+                            u32::try_from(l.line()).unwrap_or(u32::MAX).max(1),
+                            u32::try_from(l.column()).unwrap_or(u32::MAX).max(1),
+                        )
+                    })
+                    .unwrap_or(Location::new(1, 1));
+                Err(Issue::new(loc, clean_message(&e.to_string())))
+            }
+            Err(_) => Err(Issue::new(Location::new(1, 1), "the YAML parser failed on this file")),
+        }
+    }
+
+    /// serde-saphyr's messages start with `error: line L column C: `; the location is
+    /// printed by us, so strip it.
+    fn clean_message(msg: &str) -> String {
+        let first = msg.lines().next().unwrap_or(msg);
+        let m = first.strip_prefix("error: ").unwrap_or(first);
+        let m = match m.strip_prefix("line ") {
+            Some(rest) => match rest.find(": ") {
+                Some(i) if rest[..i].contains("column") => &rest[i + 2..],
+                _ => m,
+            },
+            None => m,
+        };
+        let m = match m.rfind(" at line ") {
+            Some(i) if m[i..].contains(", column ") => &m[..i],
             _ => m,
-        },
-        None => m,
-    };
-    let m = match m.rfind(" at line ") {
-        Some(i) if m[i..].contains(", column ") => &m[..i],
-        _ => m,
-    };
-    let m = match m.strip_prefix("budget breached: ") {
-        Some(what) => return format!("the file exceeds a limit of the YAML parser: {what}"),
-        None => m,
-    };
-    // Advice meant for programmers using serde-saphyr, not for our users.
-    let m = m
-        .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
-        .unwrap_or(m);
-    m.trim().to_owned()
+        };
+        let m = match m.strip_prefix("budget breached: ") {
+            Some(what) => return format!("the file exceeds a limit of the YAML parser: {what}"),
+            None => m,
+        };
+        // Advice meant for programmers using serde-saphyr, not for our users.
+        let m = m
+            .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
+            .unwrap_or(m);
+        m.trim().to_owned()
+    }
 }
 
 #[cfg(test)]

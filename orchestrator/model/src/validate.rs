@@ -107,6 +107,7 @@ impl Workspace {
         }
         self.diagnostics.extend(out);
         sort_and_dedup(&mut self.diagnostics);
+        self.ci_graph = ci_graph;
     }
 }
 

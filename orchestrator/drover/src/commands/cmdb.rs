@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 
-use drover_model::graph::CiGraph;
 use serde_json::json;
 
 use crate::cli::{Cli, CmdbCommand, GraphFormat, TextJson};
@@ -12,7 +11,7 @@ use crate::{CmdResult, Exit};
 pub fn run(cli: &Cli, command: &CmdbCommand) -> CmdResult {
     let loaded = load(&cli.config, &[])?;
     let cmdb = loaded.cmdb();
-    let graph = CiGraph::new(cmdb);
+    let graph = loaded.ci_graph();
     match command {
         CmdbCommand::Impact { ci, format } => {
             if cmdb.item(ci).is_none() {

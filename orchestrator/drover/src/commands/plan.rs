@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 
 use drover_engine::Plan;
-use drover_model::graph::CiGraph;
 
 use crate::cli::{Cli, PlanFormat};
 use crate::workspace::load_runbook;
@@ -11,7 +10,7 @@ use crate::{CmdResult, Exit, Failure};
 
 pub fn run(cli: &Cli, arg: &str, format: PlanFormat) -> CmdResult {
     let (loaded, rb) = load_runbook(&cli.config, arg)?;
-    let graph = CiGraph::new(loaded.cmdb());
+    let graph = loaded.ci_graph();
     let plan = drover_engine::plan(&rb, loaded.cmdb(), &graph).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
     match format {
         PlanFormat::Json => super::print_json(&plan)?,

@@ -206,7 +206,7 @@ pub fn start(cli: &Cli, arg: &str, mode: RunMode, flags: Flags, format: TextJson
         })?),
         None => None,
     };
-    let graph = drover_model::graph::CiGraph::new(&cmdb);
+    let graph = loaded.ci_graph();
     let plan = drover_engine::plan(&rb, &cmdb, &graph).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
     if mode == RunMode::Failover && !flags.yes {
         confirm_failover(&super::plan::text(&plan, &rb), &rb.service)?;
