@@ -170,6 +170,20 @@ impl Node {
             Node::Map(_) => "a mapping",
         }
     }
+
+    /// A mapping key as text: a plain value (`1`, `true`, `null` become their text);
+    /// a list or mapping is given back.
+    pub(crate) fn into_key(self) -> Result<String, Node> {
+        Ok(match self {
+            Node::Str(s) => s,
+            Node::Int(i) => i.to_string(),
+            Node::UInt(u) => u.to_string(),
+            Node::Bool(b) => b.to_string(),
+            Node::Float(f) => f.to_string(),
+            Node::Null => "null".to_owned(),
+            other => return Err(other),
+        })
+    }
 }
 
 impl Located<Node> {
@@ -322,21 +336,13 @@ impl<'de> Deserialize<'de> for Node {
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
                 let mut entries: Vec<(Located<String>, Located<Node>)> = Vec::new();
                 while let Some(k) = a.next_key::<Located<Node>>()? {
-                    let key = match k.value {
-                        Node::Str(s) => s,
-                        Node::Int(i) => i.to_string(),
-                        Node::UInt(u) => u.to_string(),
-                        Node::Bool(b) => b.to_string(),
-                        Node::Float(f) => f.to_string(),
-                        Node::Null => "null".to_owned(),
-                        other => {
-                            return Err(de::Error::custom(format!(
-                                "mapping keys must be plain values, found {} at {}",
-                                other.describe(),
-                                k.loc
-                            )));
-                        }
-                    };
+                    let key = k.value.into_key().map_err(|other| {
+                        de::Error::custom(format!(
+                            "mapping keys must be plain values, found {} at {}",
+                            other.describe(),
+                            k.loc
+                        ))
+                    })?;
                     let v = a.next_value::<Located<Node>>()?;
                     entries.push((Located::new(k.loc, key), v));
                 }

@@ -314,19 +314,11 @@ impl Builder {
 
 /// A mapping key as text: a plain value, never a list or mapping.
 fn key_text(node: Located<Node>) -> Result<String, Issue> {
-    Ok(match node.value {
-        Node::Str(s) => s,
-        Node::Int(i) => i.to_string(),
-        Node::UInt(u) => u.to_string(),
-        Node::Bool(b) => b.to_string(),
-        Node::Float(f) => f.to_string(),
-        Node::Null => "null".to_owned(),
-        other => {
-            return Err(Issue::new(
-                node.loc,
-                format!("mapping keys must be plain values, found {}", other.describe()),
-            ));
-        }
+    node.value.into_key().map_err(|other| {
+        Issue::new(
+            node.loc,
+            format!("mapping keys must be plain values, found {}", other.describe()),
+        )
     })
 }
 
