@@ -122,9 +122,21 @@ impl Daemon {
 
     /// One call: (status, body).
     pub(crate) fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
-        let mut req = self
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        self.send(&self.client, method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// One call through `client`: (status, body), or the error of a call that got no
+    /// answer (a refused TLS handshake).
+    fn send(
+        &self,
+        client: &reqwest::Client,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> reqwest::Result<(u16, String)> {
+        let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -132,9 +144,9 @@ impl Daemon {
             req = req.header("content-type", "application/json").body(b.to_string());
         }
         self.rt.block_on(async {
-            let r = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            let r = req.send().await?;
             let status = r.status().as_u16();
-            (status, r.text().await.unwrap_or_default())
+            Ok((status, r.text().await.unwrap_or_default()))
         })
     }
 
@@ -200,9 +212,12 @@ pub(crate) fn start_run(d: &Daemon, runbook: &str, mode: &str) -> String {
     v["id"].as_str().unwrap().to_owned()
 }
 
-#[test]
-fn every_route_answers_only_the_roles_it_allows() {
-    let (fx, ca) = fixture("");
+/// Calls every route of `drover serve --routes` through `d`'s client, with a run of
+/// `quick` for `{id}`: without a token and with a wrong one (401 unless the route is
+/// public), with each role's token (403 for a role the route does not allow, neither
+/// 401 nor 403 for one it does); a public route refuses nobody.
+#[track_caller]
+fn assert_route_matrix(fx: &Fixture, d: &Daemon) {
     let out = crate::support::drover()
         .current_dir(fx.root())
         .args(["--config"])
@@ -212,8 +227,7 @@ fn every_route_answers_only_the_roles_it_allows() {
         .unwrap();
     let routes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(routes.len() >= 15, "{routes:#?}");
-    let d = Daemon::start(&fx, &ca);
-    let id = start_run(&d, "quick", "drill");
+    let id = start_run(d, "quick", "drill");
     d.wait_finished(&id);
     let allows = |role: &str, needed: &str| role == "admin" || role == needed || needed == "viewer";
     let mut wrong = Vec::new();
@@ -250,6 +264,13 @@ fn every_route_answers_only_the_roles_it_allows() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_route_answers_only_the_roles_it_allows() {
+    let (fx, ca) = fixture("");
+    let d = Daemon::start(&fx, &ca);
+    assert_route_matrix(&fx, &d);
     // Every call was audited, the denied ones too.
     let (status, log) = d.json("GET", "/api/v1/audit", "admin", None);
     assert_eq!(status, 200);
@@ -618,12 +639,7 @@ pub(crate) fn start_with(mut cmd: Command, ca: &str) -> Daemon {
         .unwrap_or_else(|| panic!("no `listening on` line: {line:?}\n{}", stderr.lock().unwrap()))
         .to_owned();
     assert!(url.starts_with("https://"), "{url}");
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = https_client(ca, None);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -635,6 +651,19 @@ pub(crate) fn start_with(mut cmd: Command, ca: &str) -> Daemon {
         rt,
         stderr,
     }
+}
+
+/// An HTTPS client that trusts `ca` and presents `identity`, if any, as its client
+/// certificate.
+fn https_client(ca: &str, identity: Option<reqwest::Identity>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30));
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    builder.build().unwrap()
 }
 
 #[test]
@@ -886,51 +915,134 @@ fn in_a_real_browser_an_operator_logs_in_sees_the_run_and_approves_its_gate() {
     b.screenshot("dashboard");
 }
 
-#[test]
-fn with_client_ca_only_a_client_certificate_signed_by_it_gets_through() {
-    let (fx, ca) = fixture("");
-    // A client CA and a client certificate (key and certificate in one PEM for reqwest).
-    let (client_ca, issuer) = test_ca("drover test client CA");
+/// A client certificate for `ops-laptop` signed by `issuer`, for client authentication
+/// unless `edit` says otherwise, as a reqwest identity (certificate and key in one PEM).
+fn client_identity(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> reqwest::Identity {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["ops-laptop".to_owned()]).unwrap();
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    edit(&mut params);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes()).unwrap()
+}
+
+#[test]
+fn with_client_ca_the_route_matrix_holds_and_only_a_valid_client_certificate_gets_through() {
+    let (fx, ca) = fixture("");
+    let (client_ca, issuer) = test_ca("drover test client CA");
     fx.write("tls/client-ca.pem", &client_ca.pem());
     fx.replace(
         "drover.yaml",
         "tls: {cert: tls/server.pem, key: tls/server.key}",
         "tls: {cert: tls/server.pem, key: tls/server.key, client_ca: tls/client-ca.pem}",
     );
-    let d = Daemon::start(&fx, &ca);
-    // Without a client certificate the handshake is refused: no HTTP answer at all.
-    let plain = d.rt.block_on(async {
-        d.client
-            .get(format!("{}/api/v1/runs", d.url))
-            .header("authorization", format!("Bearer {}", token("viewer")))
-            .send()
-            .await
-    });
-    assert!(plain.is_err(), "answered without a client certificate: {plain:?}");
-    let identity = reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .identity(identity)
-        .build()
-        .unwrap();
-    let status = d.rt.block_on(async {
-        client
-            .get(format!("{}/api/v1/runs", d.url))
-            .header("authorization", format!("Bearer {}", token("viewer")))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let mut d = Daemon::start(&fx, &ca);
+    // From here on the daemon's own client presents a valid client certificate.
+    d.client = https_client(&ca, Some(client_identity(&issuer, |_| {})));
+    // What the audit log holds (but the audit log's own reads) once a call to the
+    // nonexistent run `marker`, made with the valid certificate, is in it.
+    let audited_through = |marker: &str| -> Vec<Value> {
+        let (status, _) = d.call("GET", &format!("/api/v1/runs/{marker}"), Some(token("viewer")), None);
+        assert_eq!(status, 404, "a valid certificate and token get through to the handler");
+        let start = Instant::now();
+        loop {
+            let (status, log) = d.json("GET", "/api/v1/audit", "admin", None);
+            assert_eq!(status, 200, "{log:#}");
+            let entries = log.as_array().unwrap();
+            if entries
+                .iter()
+                .any(|e| e["action"] == format!("GET /api/v1/runs/{marker}"))
+            {
+                return entries
+                    .iter()
+                    .filter(|e| e["action"] != "GET /api/v1/audit")
+                    .cloned()
+                    .collect();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "`{marker}` not audited: {log:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let before = audited_through("before-the-handshakes");
+
+    // Each of these is refused in the TLS handshake, for the reason the daemon logs:
+    // no HTTP answer at all, not even to the admin's token.
+    let (_, other_issuer) = test_ca("another client CA");
+    let (_, impostor) = test_ca("drover test client CA");
+    let refused = [
+        ("no client certificate", None, "peer sent no certificates"),
+        (
+            "a certificate signed by another CA",
+            Some(client_identity(&other_issuer, |_| {})),
+            "UnknownIssuer",
+        ),
+        (
+            "a certificate signed by another CA of the client CA's very name",
+            Some(client_identity(&impostor, |_| {})),
+            "BadSignature",
+        ),
+        (
+            "an expired certificate",
+            Some(client_identity(&issuer, |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            })),
+            "certificate expired",
+        ),
+        (
+            "a certificate not valid yet",
+            Some(client_identity(&issuer, |p| {
+                p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            })),
+            "certificate not valid yet",
+        ),
+        (
+            "a certificate for server authentication only",
+            Some(client_identity(&issuer, |p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+            })),
+            "does not allow extended key usage for client authentication",
+        ),
+    ];
+    for (i, (what, identity, reason)) in refused.into_iter().enumerate() {
+        let client = https_client(&ca, identity);
+        let path = format!("/api/v1/runs/refused-handshake-{i}");
+        let answer = d.send(&client, "GET", &path, Some(token("admin")), None);
+        assert!(answer.is_err(), "answered with {what}: {answer:?}");
+        let start = Instant::now();
+        while !d.stderr.lock().unwrap().contains(reason) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: no handshake refused for `{reason}`:\n{}",
+                d.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // None of them reached the daemon's routes: the audit log got only the next marker.
+    let after = audited_through("after-the-handshakes");
     assert_eq!(
-        status.as_u16(),
-        200,
-        "a signed client certificate and a token get through"
+        after.len(),
+        before.len() + 1,
+        "{:#?}",
+        &after[..after.len().saturating_sub(before.len())]
     );
+    assert!(
+        !after
+            .iter()
+            .any(|e| e["action"].as_str().unwrap().contains("refused-handshake")),
+        "{after:#?}"
+    );
+
+    // With the valid certificate, the tokens and roles decide, as without client_ca.
+    assert_route_matrix(&fx, &d);
 }
 
 #[test]
