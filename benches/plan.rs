@@ -10,7 +10,7 @@
 //!
 //! `cargo bench -p drover-benches --bench plan` (a plain `main`, no harness); results
 //! are recorded in `docs/BENCHMARKS.md`. Arguments: `--cis N --steps N --iterations N
-//! --warmup N --shapes random,bimodal --json FILE` (see `benches/common.rs`);
+//! --warmup N --shapes random,bimodal,inherited --json FILE` (see `benches/common.rs`);
 //! `DROVER_BIN` overrides the binary (the end-to-end rows are skipped when it is missing).
 
 use std::path::{Path, PathBuf};
@@ -63,6 +63,10 @@ enum Shape {
     /// Half on the bottom layer, half on the top layer, none in between: the CMDB
     /// order then runs through long chains of CIs without steps.
     Bimodal,
+    /// Steps as in `Random`, but only the top layer (the business services) has a
+    /// tier: every other CI inherits the strictest tier of the CIs that depend on it,
+    /// as in a real CMDB, where infrastructure is not tiered by hand.
+    Inherited,
 }
 
 /// The files of a generated estate.
@@ -84,9 +88,13 @@ fn generate(cis: usize, steps: usize, shape: Shape) -> Estate {
         }
         edges += deps.len();
         let deps: Vec<String> = deps.iter().map(|d| format!("ci-{d:05}")).collect();
-        let tier = if i % 2 == 0 { "gold" } else { "silver" };
+        let tier = match (shape, i % 2) {
+            (Shape::Inherited, _) if layer(i) + 1 < LAYERS => "",
+            (_, 0) => ", tier: gold",
+            _ => ", tier: silver",
+        };
         cmdb += &format!(
-            "  - {{id: ci-{i:05}, kind: application, tier: {tier}, owner: team-{}, depends_on: [{}]}}\n",
+            "  - {{id: ci-{i:05}, kind: application{tier}, owner: team-{}, depends_on: [{}]}}\n",
             i % 50,
             deps.join(", ")
         );
@@ -95,7 +103,7 @@ fn generate(cis: usize, steps: usize, shape: Shape) -> Estate {
     // earlier ones, so neither `needs` nor the CMDB order can close a cycle.
     let mut bound: Vec<usize> = (0..steps)
         .map(|i| match shape {
-            Shape::Random => rng.below(cis),
+            Shape::Random | Shape::Inherited => rng.below(cis),
             Shape::Bimodal if i % 2 == 0 => rng.below(per_layer),
             Shape::Bimodal => cis - 1 - rng.below(per_layer),
         })
@@ -234,7 +242,7 @@ fn main() {
         results: Results::from_args("plan"),
         bin,
     };
-    let shapes = arg_str("--shapes").unwrap_or_else(|| "random,bimodal".into());
+    let shapes = arg_str("--shapes").unwrap_or_else(|| "random,bimodal,inherited".into());
     println!("{} iterations after {} warm-up(s); milliseconds", opts.n, opts.warmup);
     if let Err(why) = &opts.bin {
         println!("end-to-end rows skipped: {why}");
@@ -243,7 +251,8 @@ fn main() {
         let shape = match name.trim() {
             "random" => Shape::Random,
             "bimodal" => Shape::Bimodal,
-            other => panic!("unknown shape `{other}` (random, bimodal)"),
+            "inherited" => Shape::Inherited,
+            other => panic!("unknown shape `{other}` (random, bimodal, inherited)"),
         };
         run(&opts, shape);
     }

@@ -1,5 +1,7 @@
 //! `cmdb.yaml`: tiers and configuration items with their dependency edges.
 
+use std::collections::HashMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +99,36 @@ impl Cmdb {
             )
         };
         let known = |t: &str| self.tiers.get(t).is_some();
+        // The first CI of each id (the graph's; validation reports duplicates).
+        let mut by_id: HashMap<&str, &Ci> = HashMap::with_capacity(self.items.len());
+        for ci in &self.items {
+            by_id.entry(ci.id.as_str()).or_insert(ci);
+        }
+        let own_tier = |id: &str| {
+            let ci = by_id.get(id)?;
+            let t = ci.tier.as_ref().filter(|t| known(t))?;
+            Some((rank(t), t.as_str()))
+        };
+        // The strictest tiered CI depending on each CI, nearest first on a tie.
+        let inherited: HashMap<&str, (&str, &str)> = match graph.least_dependent(own_tier) {
+            Some(least) => least
+                .into_iter()
+                .filter_map(|(id, l)| Some((id, (l.key.1, by_id.get(l.from)?.id.as_str()))))
+                .collect(),
+            // A cyclic CMDB (validation reports the cycle): one walk per CI.
+            None => self
+                .items
+                .iter()
+                .filter_map(|ci| {
+                    let best = graph
+                        .dependents(&ci.id)
+                        .into_iter()
+                        .filter_map(|(id, dist)| own_tier(id).map(|(r, t)| (r, dist, id, t)))
+                        .min()?;
+                    Some((ci.id.as_str(), (best.3, by_id.get(best.2)?.id.as_str())))
+                })
+                .collect(),
+        };
         let mut out = Vec::new();
         for ci in &self.items {
             if let Some(t) = ci.tier.as_ref().filter(|t| known(t)) {
@@ -107,18 +139,7 @@ impl Cmdb {
                         from: None,
                     },
                 ));
-                continue;
-            }
-            let best = graph
-                .dependents(&ci.id)
-                .into_iter()
-                .filter_map(|(id, dist)| {
-                    let dep = self.item(id)?;
-                    let t = dep.tier.as_ref().filter(|t| known(t))?;
-                    Some((rank(t), dist, dep.id.as_str(), t.as_str()))
-                })
-                .min();
-            if let Some((_, _, from, tier)) = best {
+            } else if let Some(&(tier, from)) = inherited.get(ci.id.as_str()) {
                 out.push((ci, EffectiveTier { tier, from: Some(from) }));
             }
         }
@@ -193,5 +214,107 @@ mod tests {
         let api = c.item("api").unwrap();
         assert_eq!(c.drill_every(api, Some("gold")), days(90), "its tier's");
         assert_eq!(c.drill_every(api, None), None);
+    }
+
+    /// The reference: one walk of the dependents per CI, as `effective_tiers` did it
+    /// before the one-pass version.
+    fn by_walks<'a>(c: &'a Cmdb, g: &CiGraph) -> Vec<(&'a str, &'a str, Option<&'a str>)> {
+        let rank = |t: &str| {
+            let tier = &c.tiers.get(t).unwrap();
+            let every = tier
+                .drill_every
+                .map(|d| d.value)
+                .unwrap_or(Dur(std::time::Duration::MAX));
+            let pos = c.tiers.keys().position(|k| k.value == t).unwrap();
+            (every, tier.rto, tier.rpo, pos)
+        };
+        let mut out = Vec::new();
+        for ci in &c.items {
+            if let Some(t) = &ci.tier {
+                out.push((ci.id.as_str(), t.as_str(), None));
+                continue;
+            }
+            let best = g
+                .dependents(&ci.id)
+                .into_iter()
+                .filter_map(|(id, dist)| {
+                    let dep = c.item(id)?;
+                    let t = dep.tier.as_ref()?;
+                    Some((rank(t), dist, dep.id.as_str(), t.as_str()))
+                })
+                .min();
+            if let Some((_, _, from, tier)) = best {
+                out.push((ci.id.as_str(), tier, Some(from)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn inherited_tiers_in_one_pass_agree_with_a_walk_per_ci() {
+        // splitmix64, seeded: random layered CMDBs, some CIs tiered.
+        let mut seed = 0x7e57_u64;
+        let mut next = move |n: usize| {
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        };
+        let tiers = ["gold", "silver", "bronze", "lead"];
+        for round in 0..200 {
+            let n = 2 + next(40);
+            let mut yaml = String::from(
+                "tiers:\n  gold: {rto: 15m, rpo: 1m, drill_every: 90d}\n  silver: {rto: 4h, rpo: 1h, drill_every: 90d}\n\
+                 \x20 bronze: {rto: 4h, rpo: 1h, drill_every: 180d}\n  lead: {rto: 15m, rpo: 1m}\nitems:\n",
+            );
+            for i in 0..n {
+                let deps: Vec<String> = (0..next(4))
+                    .filter(|_| i > 0)
+                    .map(|_| format!("c{}", next(i)))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let tier = match next(5) {
+                    0 => format!(", tier: {}", tiers[next(tiers.len())]),
+                    _ => String::new(),
+                };
+                yaml += &format!(
+                    "  - {{id: c{i}, kind: application{tier}, depends_on: [{}]}}\n",
+                    deps.join(", ")
+                );
+            }
+            let c = cmdb(&yaml);
+            let g = CiGraph::new(&c);
+            let fast: Vec<(&str, &str, Option<&str>)> = c
+                .effective_tiers(&g)
+                .into_iter()
+                .map(|(ci, t)| (ci.id.as_str(), t.tier, t.from))
+                .collect();
+            assert_eq!(fast, by_walks(&c, &g), "round {round}:\n{yaml}");
+        }
+    }
+
+    #[test]
+    fn a_cyclic_cmdb_still_gets_inherited_tiers() {
+        let c = cmdb(
+            "tiers:\n  gold: {rto: 15m, rpo: 1m}\nitems:\n  - {id: shop, kind: business_service, tier: gold, depends_on: [a]}\n\
+             \x20 - {id: a, kind: application, depends_on: [b]}\n  - {id: b, kind: application, depends_on: [a]}\n",
+        );
+        let g = CiGraph::new(&c);
+        assert!(!g.cycles().is_empty());
+        let tiers: Vec<(&str, Option<&str>)> = c
+            .effective_tiers(&g)
+            .into_iter()
+            .map(|(ci, t)| (ci.id.as_str(), t.from))
+            .collect();
+        assert_eq!(tiers, [("shop", None), ("a", Some("shop")), ("b", Some("shop"))]);
+        assert_eq!(
+            tiers,
+            by_walks(&c, &g)
+                .into_iter()
+                .map(|(id, _, from)| (id, from))
+                .collect::<Vec<_>>()
+        );
     }
 }

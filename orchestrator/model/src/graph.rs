@@ -99,6 +99,52 @@ impl CiGraph {
         out
     }
 
+    /// For every CI, the least `key` among the CIs that depend on it, transitively (not
+    /// itself): the least key, then the nearest, then the first id, which is what a
+    /// walk of [`CiGraph::dependents`] from every CI would find. One pass over the
+    /// graph in dependency order, linear in its size (a walk per CI is quadratic:
+    /// minutes for 100,000 CIs). `None` when the graph has a cycle.
+    pub fn least_dependent<K: Ord + Clone>(
+        &self,
+        key: impl Fn(&str) -> Option<K>,
+    ) -> Option<Vec<(&str, Least<'_, K>)>> {
+        // For an edge `a -> b` (a depends on b), `a` comes first: when a CI is reached,
+        // every CI that depends on it has been, and its own least is final.
+        let order = petgraph::algo::toposort(&self.graph, None).ok()?;
+        let mut least: Vec<Option<Least<'_, K>>> = vec![None; self.ids.len()];
+        for n in order {
+            let id = self.id(n);
+            let own = key(id).map(|key| Least {
+                key,
+                distance: 0,
+                from: id,
+            });
+            let through = match (own, least[n.index()].clone()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let Some(through) = through else { continue };
+            for m in self.graph.neighbors_directed(n, Direction::Outgoing) {
+                let candidate = Least {
+                    distance: through.distance + 1,
+                    ..through.clone()
+                };
+                let slot = &mut least[m.index()];
+                if slot.as_ref().is_none_or(|l| candidate < *l) {
+                    *slot = Some(candidate);
+                }
+            }
+        }
+        Some(
+            self.ids
+                .iter()
+                .map(String::as_str)
+                .zip(least)
+                .filter_map(|(id, l)| Some((id, l?)))
+                .collect(),
+        )
+    }
+
     /// Every group of CIs that depend on each other: one cycle through the group's
     /// first member (in CMDB order), and every member of the group.
     pub fn cycles(&self) -> Vec<Cycle<&str>> {
@@ -129,6 +175,17 @@ impl CiGraph {
             .map(|e| (self.id(e.source()), self.id(e.target())))
             .collect()
     }
+}
+
+/// What [`CiGraph::least_dependent`] found for a CI; ordered by key, then distance,
+/// then id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Least<'g, K> {
+    pub key: K,
+    /// In edges.
+    pub distance: usize,
+    /// The CI it was found at.
+    pub from: &'g str,
 }
 
 /// A group of nodes that depend on each other (a strongly connected component).
