@@ -513,6 +513,97 @@ fn sighup_reloads_valid_files_and_keeps_the_old_ones_when_broken() {
     }
 }
 
+/// Logs in to the dashboard with `token`: the session cookie (`drover_session=ID`).
+fn dashboard_login(d: &Daemon, token: &str) -> String {
+    d.rt.block_on(async {
+        let r = d
+            .client
+            .post(format!("{}/login", d.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap();
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no session cookie: {} {:?}", r.status(), r.headers()));
+        cookie.split(';').next().unwrap().to_owned()
+    })
+}
+
+/// `GET path` with a session cookie: the status.
+fn with_cookie(d: &Daemon, path: &str, cookie: &str) -> u16 {
+    d.rt.block_on(async {
+        d.client
+            .get(format!("{}{path}", d.url))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
+#[test]
+fn sighup_replaces_the_tokens_a_removed_one_is_refused_and_its_dashboard_logins_end() {
+    let (fx, ca) = fixture("");
+    let d = Daemon::start(&fx, &ca);
+    assert_eq!(d.call("GET", "/api/v1/runs", Some(token("viewer")), None).0, 200);
+    let operator_login = dashboard_login(&d, token("operator"));
+    let auditor_login = dashboard_login(&d, token("auditor"));
+    assert_eq!(with_cookie(&d, "/api/v1/runs", &operator_login), 200);
+    assert_eq!(with_cookie(&d, "/api/v1/runs", &auditor_login), 200);
+    // The viewer's and the operator's tokens are taken out of the config.
+    for role in ["viewer", "operator"] {
+        fx.replace(
+            "drover.yaml",
+            &format!("{{name: {role}-bot, role: {role}, sha256: \"{}\"}}, ", sha(token(role))),
+            "",
+        );
+    }
+    d.signal("-HUP");
+    let start = Instant::now();
+    while d.call("GET", "/api/v1/runs", Some(token("viewer")), None).0 != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the removed token still gets through:\n{}",
+            d.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.call("GET", "/api/v1/runs", Some(token("operator")), None).0, 401);
+    assert_eq!(with_cookie(&d, "/api/v1/runs", &operator_login), 401, "its login ended");
+    assert_eq!(
+        with_cookie(&d, "/api/v1/runs", &auditor_login),
+        200,
+        "a kept token's login goes on"
+    );
+    assert_eq!(d.call("GET", "/api/v1/runs", Some(token("admin")), None).0, 200);
+    // A reload that would leave the daemon without an API is refused as a whole.
+    let text = std::fs::read_to_string(fx.config()).unwrap();
+    let without_api: String = text
+        .lines()
+        .filter(|l| !l.starts_with("api:") && !l.starts_with("  "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!without_api.contains("tokens"), "{without_api}");
+    fx.write("drover.yaml", &without_api);
+    d.signal("-HUP");
+    let start = Instant::now();
+    while !d.stderr.lock().unwrap().contains("no `api` section") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            d.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.call("GET", "/api/v1/runs", Some(token("admin")), None).0, 200);
+}
+
 /// A local HTTP listener that answers 200 to every POST: its port and the bodies it got.
 pub(crate) fn webhook_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

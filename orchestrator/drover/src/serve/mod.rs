@@ -356,6 +356,21 @@ impl Daemon {
     async fn reload(self: &Arc<Self>) {
         match load_snapshot(&self.config_path) {
             Ok((snap, _)) => {
+                // The tokens go with the files: a token taken out is refused from now
+                // on. The listen address and TLS stay until a restart.
+                let Some(api) = snap.config.api.as_ref() else {
+                    tracing::error!("reload refused: the config has no `api` section; the files in use stay");
+                    eprintln!("drover: reload refused: the config has no `api` section; the files in use stay");
+                    return;
+                };
+                match self.auth.replace(&api.tokens) {
+                    Ok(ended) => tracing::info!(tokens = api.tokens.len(), logins_ended = ended, "API tokens replaced"),
+                    Err(e) => {
+                        tracing::error!("reload refused: {e}; the files in use stay");
+                        eprintln!("drover: reload refused: {e}; the files in use stay");
+                        return;
+                    }
+                }
                 *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
                 if let Err(e) = self.sched.reload(self).await {
                     tracing::error!(error = %e, "schedules not reloaded");
