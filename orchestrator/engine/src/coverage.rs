@@ -185,22 +185,36 @@ impl Coverage {
             states.insert(id.to_owned(), s.clone());
             Ok(s)
         };
+        // The runbooks that recover each CI (its service's, or with a step on it), in
+        // runbook order, and the runs of each runbook: looked up per CI, not scanned.
+        let mut recovered_by: HashMap<&str, Vec<String>> = HashMap::new();
+        for rb in runbooks {
+            let mut cis: Vec<&str> = std::iter::once(rb.service.as_str())
+                .chain(rb.steps.iter().filter_map(|s| s.ci.as_ref().map(|c| c.as_str())))
+                .collect();
+            cis.sort_unstable();
+            cis.dedup();
+            for ci in cis {
+                recovered_by.entry(ci).or_default().push(rb.name.value.clone());
+            }
+        }
+        let mut runs_of: HashMap<&str, Vec<&RunRow>> = HashMap::new();
+        for r in &rows {
+            runs_of.entry(r.runbook.as_str()).or_default().push(r);
+        }
         let mut items = Vec::new();
         for (ci, tier) in cmdb.effective_tiers(&graph) {
             let id = ci.id.as_str();
-            let recovering: Vec<String> = runbooks
-                .iter()
-                .filter(|rb| {
-                    rb.service.value == id || rb.steps.iter().any(|s| s.ci.as_ref().is_some_and(|c| c.value == id))
-                })
-                .map(|rb| rb.name.value.clone())
-                .collect();
+            let recovering: Vec<String> = recovered_by.get(id).cloned().unwrap_or_default();
             // Oldest first.
-            let mut runs: Vec<&RunRow> = rows.iter().filter(|r| recovering.contains(&r.runbook)).collect();
+            let mut runs: Vec<&RunRow> = recovering
+                .iter()
+                .flat_map(|rb| runs_of.get(rb.as_str()).into_iter().flatten().copied())
+                .collect();
             runs.sort_by(|a, b| a.finished_at.cmp(&b.finished_at).then(a.id.cmp(&b.id)));
             // A CI whose tier is inherited has no targets of its own in the runs: its
             // tier's (or its own overrides) are what it is judged against.
-            let own = cmdb.targets_of(id);
+            let own = cmdb.targets(ci);
             let tier_targets = cmdb.tiers.get(tier.tier);
             let rto_target = own.rto.or(tier_targets.map(|t| t.rto)).map(|d| d.as_secs_f64());
             let rpo_target = own.rpo.or(tier_targets.map(|t| t.rpo)).map(|d| d.as_secs_f64());

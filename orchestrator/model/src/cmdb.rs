@@ -100,10 +100,7 @@ impl Cmdb {
         };
         let known = |t: &str| self.tiers.get(t).is_some();
         // The first CI of each id (the graph's; validation reports duplicates).
-        let mut by_id: HashMap<&str, &Ci> = HashMap::with_capacity(self.items.len());
-        for ci in &self.items {
-            by_id.entry(ci.id.as_str()).or_insert(ci);
-        }
+        let by_id = self.by_id();
         let own_tier = |id: &str| {
             let ci = by_id.get(id)?;
             let t = ci.tier.as_ref().filter(|t| known(t))?;
@@ -155,15 +152,28 @@ impl Cmdb {
         })
     }
 
+    /// The CI `id` (the first, if the CMDB repeats it): a scan; for many lookups,
+    /// [`Cmdb::by_id`].
     pub fn item(&self, id: &str) -> Option<&Ci> {
         self.items.iter().find(|c| c.id.value == id)
     }
 
+    /// Every CI by id (the first of a repeated id, as [`Cmdb::item`] finds it).
+    pub fn by_id(&self) -> HashMap<&str, &Ci> {
+        let mut by_id = HashMap::with_capacity(self.items.len());
+        for ci in &self.items {
+            by_id.entry(ci.id.as_str()).or_insert(ci);
+        }
+        by_id
+    }
+
     /// A CI's targets: its own, else its tier's.
     pub fn targets_of(&self, id: &str) -> Targets {
-        let Some(ci) = self.item(id) else {
-            return Targets::default();
-        };
+        self.item(id).map(|ci| self.targets(ci)).unwrap_or_default()
+    }
+
+    /// The targets of `ci`: its own, else its tier's.
+    pub fn targets(&self, ci: &Ci) -> Targets {
         let tier = ci.tier.as_ref().and_then(|t| self.tiers.get(t));
         Targets {
             rto: ci.rto.or(tier.map(|t| t.rto)),

@@ -17,12 +17,13 @@ pub fn run(cli: &Cli, command: &CmdbCommand) -> CmdResult {
             if cmdb.item(ci).is_none() {
                 return Err(super::unknown("CI", ci, cmdb.items.iter().map(|c| c.id.as_str())));
             }
+            let by_id = cmdb.by_id();
             let impacted: Vec<_> = graph
                 .dependents(ci)
                 .into_iter()
                 .map(|(id, depth)| {
-                    let item = cmdb.item(id).expect("graph node is a CI");
-                    let t = cmdb.targets_of(id);
+                    let item = by_id[id];
+                    let t = cmdb.targets(item);
                     json!({
                         "id": id,
                         "kind": item.kind,

@@ -237,12 +237,13 @@ impl Engine {
                 && (req.mode == RunMode::Failover || req.options.scheduled))
                 .then_some(window),
         };
+        let by_id = req.cmdb.by_id();
         let cis: Vec<CiInfo> = plan
             .cis
             .iter()
-            .filter_map(|id| req.cmdb.item(id))
+            .filter_map(|id| by_id.get(id.as_str()).copied())
             .map(|ci| {
-                let t = req.cmdb.targets_of(&ci.id);
+                let t = req.cmdb.targets(ci);
                 CiInfo {
                     id: ci.id.value.clone(),
                     kind: ci.kind.clone(),
