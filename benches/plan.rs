@@ -3,8 +3,8 @@
 //! CIs, some with explicit `needs`. Times, as medians of several runs: reading the YAML
 //! into typed values, the semantic checks, loading and checking the files from disk
 //! (what `drover validate` does), building the CMDB graph, and planning; then the
-//! release binary end to end, `drover validate` and `drover plan estate --format json`
-//! (which loads, checks and plans), each its own process, with its wall time and peak
+//! release binary end to end, `drover validate`, `drover plan estate --format json`
+//! (which loads, checks and plans) and `drover coverage --format json`, each its own process, with its wall time and peak
 //! RSS (GNU time's `%M`, the kernel's `ru_maxrss` of the process). Goal: validate and
 //! plan under 2 s.
 //!
@@ -367,6 +367,13 @@ fn run(opts: &Opts, shape: Shape) {
                 "drover plan estate --format json",
                 "e2e_plan",
                 &["plan", "estate", "--format", "json"][..],
+            ),
+            // Every tiered CI of the estate (directly or inherited) judged against its
+            // drill policy, with its blast radius: no runs recorded.
+            (
+                "drover coverage --format json",
+                "e2e_coverage",
+                &["coverage", "--format", "json"][..],
             ),
         ] {
             let mut walls = Vec::new();

@@ -454,16 +454,18 @@ fn plan_rows(d: &mut Data, rows: &mut Vec<Row>) {
         let validate = d.med("plan", "drover", &case, "e2e_validate");
         let rss = d.max("plan", "drover", &case, "e2e_plan_rss");
         let inner = d.med("plan", "drover", &case, "plan");
+        let coverage = d.med("plan", "drover", &case, "e2e_coverage");
         rows.push(Row {
             what: format!("planning: `drover plan` (load, validate, plan, JSON), {case}"),
             vs_peer: "-".into(),
             vs_goal: under(plan.map(|p| p / 1e3), 2.0),
             drover: fmt(plan, "ms"),
             peer: format!(
-                "`drover validate` {}; drover_engine::plan alone {}; peak RSS {}",
+                "`drover validate` {}; drover_engine::plan alone {}; peak RSS {}; `drover coverage` {}",
                 fmt(validate, "ms"),
                 fmt(inner, "ms"),
-                fmt(rss, "MiB")
+                fmt(rss, "MiB"),
+                fmt(coverage, "ms")
             ),
             goal: "under 2 s".into(),
         });
