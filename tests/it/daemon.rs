@@ -171,6 +171,20 @@ impl Daemon {
         }
     }
 
+    /// Waits (10 s at most) until the daemon's standard error holds `text`.
+    #[track_caller]
+    pub(crate) fn wait_stderr(&self, text: &str, what: &str) {
+        let start = Instant::now();
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: no `{text}` in the daemon's log:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub(crate) fn signal(&self, sig: &str) {
         assert!(
             Command::new("kill")
@@ -483,15 +497,7 @@ fn sighup_reloads_valid_files_and_keeps_the_old_ones_when_broken() {
         "name: quick\nservice: svc\nsteps:\n  - {id: a, uses: exec.nope}\n",
     );
     d.signal("-HUP");
-    let start = Instant::now();
-    while !d.stderr.lock().unwrap().contains("reload refused") {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            d.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_stderr("reload refused", "a broken runbook");
     assert!(
         d.stderr.lock().unwrap().contains("quick.yaml:4:"),
         "{}",
@@ -592,15 +598,7 @@ fn sighup_replaces_the_tokens_a_removed_one_is_refused_and_its_dashboard_logins_
     assert!(!without_api.contains("tokens"), "{without_api}");
     fx.write("drover.yaml", &without_api);
     d.signal("-HUP");
-    let start = Instant::now();
-    while !d.stderr.lock().unwrap().contains("no `api` section") {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            d.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_stderr("no `api` section", "a config without api");
     assert_eq!(d.call("GET", "/api/v1/runs", Some(token("admin")), None).0, 200);
 }
 
@@ -1107,15 +1105,7 @@ fn with_client_ca_the_route_matrix_holds_and_only_a_valid_client_certificate_get
         let path = format!("/api/v1/runs/refused-handshake-{i}");
         let answer = d.send(&client, "GET", &path, Some(token("admin")), None);
         assert!(answer.is_err(), "answered with {what}: {answer:?}");
-        let start = Instant::now();
-        while !d.stderr.lock().unwrap().contains(reason) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{what}: no handshake refused for `{reason}`:\n{}",
-                d.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        d.wait_stderr(reason, &format!("{what}: the handshake refused"));
     }
     // None of them reached the daemon's routes: the audit log got only the next marker.
     let after = audited_through("after-the-handshakes");

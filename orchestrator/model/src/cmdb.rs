@@ -203,11 +203,7 @@ mod tests {
              \x20 - {id: lonely, kind: cache}\n",
         );
         let g = CiGraph::new(&c);
-        let tiers: Vec<(&str, &str, Option<&str>)> = c
-            .effective_tiers(&g)
-            .into_iter()
-            .map(|(ci, t)| (ci.id.as_str(), t.tier, t.from))
-            .collect();
+        let tiers = effective(&c, &g);
         assert_eq!(
             tiers,
             [
@@ -224,6 +220,14 @@ mod tests {
         let api = c.item("api").unwrap();
         assert_eq!(c.drill_every(api, Some("gold")), days(90), "its tier's");
         assert_eq!(c.drill_every(api, None), None);
+    }
+
+    /// `(CI, tier, inherited from)` of every tiered CI.
+    fn effective<'a>(c: &'a Cmdb, g: &CiGraph) -> Vec<(&'a str, &'a str, Option<&'a str>)> {
+        c.effective_tiers(g)
+            .into_iter()
+            .map(|(ci, t)| (ci.id.as_str(), t.tier, t.from))
+            .collect()
     }
 
     /// The reference: one walk of the dependents per CI, as `effective_tiers` did it
@@ -296,12 +300,7 @@ mod tests {
             }
             let c = cmdb(&yaml);
             let g = CiGraph::new(&c);
-            let fast: Vec<(&str, &str, Option<&str>)> = c
-                .effective_tiers(&g)
-                .into_iter()
-                .map(|(ci, t)| (ci.id.as_str(), t.tier, t.from))
-                .collect();
-            assert_eq!(fast, by_walks(&c, &g), "round {round}:\n{yaml}");
+            assert_eq!(effective(&c, &g), by_walks(&c, &g), "round {round}:\n{yaml}");
         }
     }
 
@@ -313,18 +312,15 @@ mod tests {
         );
         let g = CiGraph::new(&c);
         assert!(!g.cycles().is_empty());
-        let tiers: Vec<(&str, Option<&str>)> = c
-            .effective_tiers(&g)
-            .into_iter()
-            .map(|(ci, t)| (ci.id.as_str(), t.from))
-            .collect();
-        assert_eq!(tiers, [("shop", None), ("a", Some("shop")), ("b", Some("shop"))]);
+        let tiers = effective(&c, &g);
         assert_eq!(
             tiers,
-            by_walks(&c, &g)
-                .into_iter()
-                .map(|(id, _, from)| (id, from))
-                .collect::<Vec<_>>()
+            [
+                ("shop", "gold", None),
+                ("a", "gold", Some("shop")),
+                ("b", "gold", Some("shop"))
+            ]
         );
+        assert_eq!(tiers, by_walks(&c, &g));
     }
 }
