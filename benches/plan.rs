@@ -4,9 +4,9 @@
 //! into typed values, the semantic checks, loading and checking the files from disk
 //! (what `drover validate` does), building the CMDB graph, and planning; then the
 //! release binary end to end, `drover validate`, `drover plan estate --format json`
-//! (which loads, checks and plans) and `drover coverage --format json`, each its own process, with its wall time and peak
-//! RSS (GNU time's `%M`, the kernel's `ru_maxrss` of the process). Goal: validate and
-//! plan under 2 s.
+//! (which loads, checks and plans) and `drover coverage --format json`, each its own
+//! process, with its wall time and peak RSS (GNU time's `%M`, the kernel's `ru_maxrss`
+//! of the process). Goal: validate and plan under 2 s.
 //!
 //! `cargo bench -p drover-benches --bench plan` (a plain `main`, no harness); results
 //! are recorded in `docs/BENCHMARKS.md`. Arguments: `--cis N --steps N --iterations N
