@@ -599,6 +599,37 @@ impl Journal {
         Ok(rec)
     }
 
+    /// Appends `events` in one transaction: all of them survive a crash of drover, or
+    /// none. The scheduler journals the end of a step with the starts it releases this
+    /// way, one commit per step boundary. The crash points are each event's, the
+    /// `before` ones of all of them before the commit, the `after` ones after it.
+    pub async fn append_all(&self, events: Vec<Event>) -> Result<Vec<Record>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<[String; 4]> = events.iter().map(crash_names).collect();
+        for n in &names {
+            crate::crash::point(&n[0]);
+            crate::crash::point(&n[1]);
+        }
+        let (_, records) = self
+            .commit(
+                |b| {
+                    for event in events {
+                        b.push(event)?;
+                    }
+                    Ok(())
+                },
+                |_, ()| Ok(()),
+            )
+            .await?;
+        for n in &names {
+            crate::crash::point(&n[2]);
+            crate::crash::point(&n[3]);
+        }
+        Ok(records)
+    }
+
     /// Appends the records `build` makes and runs `then` (the run row, the service lock)
     /// in one transaction: all of it is stored, or none (and then the journal refuses
     /// further records: the run stops where its stored journal ends).

@@ -47,12 +47,20 @@ pub(crate) struct Attempts<'a> {
     /// The operator's first Ctrl-C cancels the wait between attempts (checks, undo);
     /// otherwise only the second one does.
     pub stop_cancels_wait: bool,
+    /// The first attempt's start is journaled already (the scheduler commits it with
+    /// the end of the step before it).
+    pub first_started: bool,
+    /// On success, leave the end's record to the caller ([`End::Done`]), to journal
+    /// with what it releases; otherwise it is journaled here ([`End::Ok`]).
+    pub defer_end: bool,
 }
 
 /// How it ended.
 #[derive(Debug)]
 pub(crate) enum End {
     Ok,
+    /// Succeeded, and the record of its end is not journaled yet: only with `defer_end`.
+    Done(Box<Event>),
     Failed(ActionError),
     Cancelled,
 }
@@ -199,6 +207,7 @@ async fn drive_inner(ctx: &Arc<Ctx>, a: Attempts<'_>, rec: &dyn Records) -> Resu
         n += 1;
         tries += 1;
         if (a.within.is_none() || tries == 1)
+            && !(tries == 1 && a.first_started)
             && let Some(ev) = rec.started(n)
         {
             ctx.journal.append(ev).await?;
@@ -208,7 +217,11 @@ async fn drive_inner(ctx: &Arc<Ctx>, a: Attempts<'_>, rec: &dyn Records) -> Resu
         let e = match res {
             Ok(out) => {
                 let at_s = ctx.journal.clock().secs();
-                ctx.journal.append(rec.passed(n, out, at_s)).await?;
+                let end = rec.passed(n, out, at_s);
+                if a.defer_end {
+                    return Ok(End::Done(Box::new(end)));
+                }
+                ctx.journal.append(end).await?;
                 return Ok(End::Ok);
             }
             Err(e) => e,

@@ -51,8 +51,10 @@ fn predecessors(ctx: &Ctx) -> Result<Vec<Vec<usize>>, EngineError> {
     Ok(preds)
 }
 
-/// Runs one step to its end.
-async fn run_step(ctx: Arc<Ctx>, i: usize) -> Result<End, EngineError> {
+/// Runs one step to its end. Its first start is journaled already (by the scheduler,
+/// after `prior` attempts of earlier processes); its end, when it succeeds, is left to
+/// the scheduler ([`End::Done`]).
+async fn run_step(ctx: Arc<Ctx>, i: usize, prior: u32) -> Result<End, EngineError> {
     let step = &ctx.runbook.steps[i];
     let action = ctx.engine.action(&step.uses)?;
     let class = action.class();
@@ -61,7 +63,6 @@ async fn run_step(ctx: Arc<Ctx>, i: usize) -> Result<End, EngineError> {
         (None, ActionClass::Gate) => None,
         (None, _) => Some(DEFAULT_TIMEOUT),
     };
-    let prior = ctx.journal.with_state(|st| st.attempts(Phase::Steps, &step.id));
     let rec = StepRecords {
         phase: Phase::Steps,
         step: step.id.value.clone(),
@@ -81,6 +82,8 @@ async fn run_step(ctx: Arc<Ctx>, i: usize) -> Result<End, EngineError> {
             work: Work::Execute,
             halts: true,
             stop_cancels_wait: false,
+            first_started: true,
+            defer_end: true,
         },
         &rec,
     )
@@ -116,7 +119,11 @@ pub(crate) async fn run_steps(ctx: &Arc<Ctx>) -> Result<DagEnd, EngineError> {
             }
         }
     };
+    // The ends of steps that succeeded, not journaled yet: each goes into the commit of
+    // the starts it releases (one commit per step boundary), before any of them runs.
+    let mut ended: Vec<Event> = Vec::new();
     loop {
+        let mut starts: Vec<(usize, u32)> = Vec::new();
         while let Some(&i) = ready.front() {
             if halted.is_some() || cancelled || fatal.is_some() || ctx.stop.is_cancelled() {
                 break;
@@ -127,11 +134,30 @@ pub(crate) async fn run_steps(ctx: &Arc<Ctx>) -> Result<DagEnd, EngineError> {
                 release(i, &mut waiting, &mut ready);
                 continue;
             }
-            if running.len() >= max_parallel {
+            if running.len() + starts.len() >= max_parallel {
                 break;
             }
             ready.pop_front();
-            let handle = running.spawn(run_step(ctx.clone(), i));
+            let prior = ctx.journal.with_state(|st| st.attempts(Phase::Steps, &rb.steps[i].id));
+            starts.push((i, prior));
+        }
+        let events: Vec<Event> = ended
+            .drain(..)
+            .chain(starts.iter().map(|&(i, prior)| Event::StepStarted {
+                phase: Phase::Steps,
+                step: rb.steps[i].id.value.clone(),
+                attempt: prior + 1,
+            }))
+            .collect();
+        if let Err(e) = ctx.journal.append_all(events).await {
+            // Nothing more can be journaled: none of these starts, the others stop at
+            // their next await, the run is left interrupted where its journal ends.
+            ctx.abort.cancel();
+            fatal.get_or_insert(e.into());
+            starts.clear();
+        }
+        for (i, prior) in starts {
+            let handle = running.spawn(run_step(ctx.clone(), i, prior));
             running_ids.insert(handle.id(), i);
         }
         if running.is_empty() {
@@ -141,61 +167,78 @@ pub(crate) async fn run_steps(ctx: &Arc<Ctx>) -> Result<DagEnd, EngineError> {
             j = running.join_next_with_id() => j,
             () = ctx.stop.cancelled(), if !cancelled => { cancelled = true; continue; }
         };
-        let Some(joined) = joined else { break };
-        let (i, end) = match joined {
-            Ok((id, end)) => (running_ids.remove(&id).unwrap_or(usize::MAX), end),
-            Err(e) => {
-                let i = running_ids.remove(&e.id()).unwrap_or(usize::MAX);
-                (
-                    i,
-                    Ok(End::Failed(drover_plugin_api::ActionError::OutcomeUnknown(format!(
-                        "drover's step driver crashed: {e}"
-                    )))),
-                )
-            }
-        };
-        let Some(step) = rb.steps.get(i) else { continue };
-        match end {
-            Err(e) => {
-                // The store failed: nothing more can be journaled. Stop the others at
-                // their next await and leave the run interrupted where its journal ends.
-                ctx.abort.cancel();
-                fatal.get_or_insert(e);
-            }
-            Ok(End::Ok) => {
-                done += 1;
-                release(i, &mut waiting, &mut ready);
-            }
-            Ok(End::Failed(e)) => {
-                let finished = ctx
-                    .journal
-                    .with_state(|st| st.step(Phase::Steps, &step.id).and_then(|s| s.status).is_some());
-                if !finished {
-                    ctx.journal
-                        .append(Event::StepFinished {
-                            phase: Phase::Steps,
-                            step: step.id.value.clone(),
-                            status: StepStatus::OutcomeUnknown,
-                            attempts: ctx.journal.with_state(|st| st.attempts(Phase::Steps, &step.id)),
-                            output: None,
-                            error: Some(e.to_string()),
-                            found: serde_json::Value::Null,
-                        })
-                        .await?;
+        let Some(mut joined) = joined else { break };
+        // This step and every other that ended meanwhile: their ends and the starts
+        // they release go into one commit.
+        loop {
+            let (i, end) = match joined {
+                Ok((id, end)) => (running_ids.remove(&id).unwrap_or(usize::MAX), end),
+                Err(e) => {
+                    let i = running_ids.remove(&e.id()).unwrap_or(usize::MAX);
+                    (
+                        i,
+                        Ok(End::Failed(drover_plugin_api::ActionError::OutcomeUnknown(format!(
+                            "drover's step driver crashed: {e}"
+                        )))),
+                    )
                 }
-                if halted.is_none() {
-                    let reason = format!("step `{}` failed: {e}", step.id);
-                    ctx.journal
-                        .append(Event::Halted {
-                            reason: reason.clone(),
-                            preflight: false,
-                        })
-                        .await?;
-                    ctx.halt.cancel();
-                    halted = Some(reason);
+            };
+            if let Some(step) = rb.steps.get(i) {
+                match end {
+                    Err(e) => {
+                        // The store failed: nothing more can be journaled. Stop the others
+                        // at their next await and leave the run interrupted where its
+                        // journal ends.
+                        ctx.abort.cancel();
+                        fatal.get_or_insert(e);
+                    }
+                    Ok(End::Done(end)) => {
+                        done += 1;
+                        release(i, &mut waiting, &mut ready);
+                        ended.push(*end);
+                    }
+                    Ok(End::Ok) => {
+                        done += 1;
+                        release(i, &mut waiting, &mut ready);
+                    }
+                    Ok(End::Failed(e)) => {
+                        // The ends joined before it first, in the order they came.
+                        ctx.journal.append_all(std::mem::take(&mut ended)).await?;
+                        let finished = ctx
+                            .journal
+                            .with_state(|st| st.step(Phase::Steps, &step.id).and_then(|s| s.status).is_some());
+                        if !finished {
+                            ctx.journal
+                                .append(Event::StepFinished {
+                                    phase: Phase::Steps,
+                                    step: step.id.value.clone(),
+                                    status: StepStatus::OutcomeUnknown,
+                                    attempts: ctx.journal.with_state(|st| st.attempts(Phase::Steps, &step.id)),
+                                    output: None,
+                                    error: Some(e.to_string()),
+                                    found: serde_json::Value::Null,
+                                })
+                                .await?;
+                        }
+                        if halted.is_none() {
+                            let reason = format!("step `{}` failed: {e}", step.id);
+                            ctx.journal
+                                .append(Event::Halted {
+                                    reason: reason.clone(),
+                                    preflight: false,
+                                })
+                                .await?;
+                            ctx.halt.cancel();
+                            halted = Some(reason);
+                        }
+                    }
+                    Ok(End::Cancelled) => cancelled = true,
                 }
             }
-            Ok(End::Cancelled) => cancelled = true,
+            match running.try_join_next_with_id() {
+                Some(next) => joined = next,
+                None => break,
+            }
         }
     }
     if let Some(e) = fatal {

@@ -81,12 +81,15 @@ pub(crate) async fn compensate(ctx: &Arc<Ctx>) -> Result<UndoEnd, EngineError> {
                 work: Work::Compensate(s.output.clone().filter(|_| s.status == Some(StepStatus::Ok))),
                 halts: false,
                 stop_cancels_wait: true,
+                first_started: false,
+                defer_end: false,
             },
             &rec,
         )
         .await?;
         match end {
-            End::Ok => {}
+            // `Done` only comes with `defer_end`, which undo does not ask for.
+            End::Ok | End::Done(_) => {}
             End::Cancelled => return Ok(UndoEnd::Interrupted),
             End::Failed(e) => return Ok(UndoEnd::Stuck(format!("undoing step `{}` failed: {e}", s.id))),
         }
@@ -139,12 +142,15 @@ pub(crate) async fn rollback(ctx: &Arc<Ctx>, reason: RollbackReason) -> Result<U
                 work: Work::Execute,
                 halts: false,
                 stop_cancels_wait: false,
+                first_started: false,
+                defer_end: false,
             },
             &rec,
         )
         .await?;
         match end {
-            End::Ok => {}
+            // `Done` only comes with `defer_end`, which undo does not ask for.
+            End::Ok | End::Done(_) => {}
             End::Cancelled => return Ok(UndoEnd::Interrupted),
             End::Failed(e) => {
                 return Ok(UndoEnd::Stuck(format!("rollback step `{}` failed: {e}", step.id)));
