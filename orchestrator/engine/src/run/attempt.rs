@@ -47,19 +47,17 @@ pub(crate) struct Attempts<'a> {
     /// The operator's first Ctrl-C cancels the wait between attempts (checks, undo);
     /// otherwise only the second one does.
     pub stop_cancels_wait: bool,
-    /// The first attempt's start is journaled already (the scheduler commits it with
-    /// the end of the step before it).
-    pub first_started: bool,
-    /// On success, leave the end's record to the caller ([`End::Done`]), to journal
-    /// with what it releases; otherwise it is journaled here ([`End::Ok`]).
-    pub defer_end: bool,
+    /// A step of the DAG: the scheduler journals its first start (with the end of the
+    /// step before it) and, on success, its end (with the starts it releases:
+    /// [`End::Done`]); otherwise both are journaled here ([`End::Ok`]).
+    pub at_boundary: bool,
 }
 
 /// How it ended.
 #[derive(Debug)]
 pub(crate) enum End {
     Ok,
-    /// Succeeded, and the record of its end is not journaled yet: only with `defer_end`.
+    /// Succeeded, and the record of its end is not journaled yet: only `at_boundary`.
     Done(Box<Event>),
     Failed(ActionError),
     Cancelled,
@@ -207,7 +205,7 @@ async fn drive_inner(ctx: &Arc<Ctx>, a: Attempts<'_>, rec: &dyn Records) -> Resu
         n += 1;
         tries += 1;
         if (a.within.is_none() || tries == 1)
-            && !(tries == 1 && a.first_started)
+            && !(tries == 1 && a.at_boundary)
             && let Some(ev) = rec.started(n)
         {
             ctx.journal.append(ev).await?;
@@ -218,7 +216,7 @@ async fn drive_inner(ctx: &Arc<Ctx>, a: Attempts<'_>, rec: &dyn Records) -> Resu
             Ok(out) => {
                 let at_s = ctx.journal.clock().secs();
                 let end = rec.passed(n, out, at_s);
-                if a.defer_end {
+                if a.at_boundary {
                     return Ok(End::Done(Box::new(end)));
                 }
                 ctx.journal.append(end).await?;

@@ -34,7 +34,7 @@ pub(crate) async fn run_checks(ctx: &Arc<Ctx>, phase: Phase, checks: &[&Check]) 
     let mut fatal = None;
     while let Some(joined) = set.join_next().await {
         match joined {
-            // `Done` only comes with `defer_end`, which checks do not ask for.
+            // `Done` only comes `at_boundary`, which checks are not.
             Ok((_, Ok(End::Ok | End::Done(_)))) => {}
             Ok((_, Ok(End::Cancelled))) => cancelled = true,
             Ok((name, Ok(End::Failed(e)))) => failures.push(format!("`{name}`: {e}")),
@@ -80,8 +80,7 @@ async fn run_check(ctx: &Arc<Ctx>, phase: Phase, c: &Check) -> Result<End, Engin
             work: Work::Execute,
             halts: false,
             stop_cancels_wait: true,
-            first_started: false,
-            defer_end: false,
+            at_boundary: false,
         },
         &rec,
     )

@@ -82,8 +82,7 @@ async fn run_step(ctx: Arc<Ctx>, i: usize, prior: u32) -> Result<End, EngineErro
             work: Work::Execute,
             halts: true,
             stop_cancels_wait: false,
-            first_started: true,
-            defer_end: true,
+            at_boundary: true,
         },
         &rec,
     )
@@ -192,14 +191,12 @@ pub(crate) async fn run_steps(ctx: &Arc<Ctx>) -> Result<DagEnd, EngineError> {
                         ctx.abort.cancel();
                         fatal.get_or_insert(e);
                     }
-                    Ok(End::Done(end)) => {
+                    Ok(ok @ (End::Done(_) | End::Ok)) => {
                         done += 1;
                         release(i, &mut waiting, &mut ready);
-                        ended.push(*end);
-                    }
-                    Ok(End::Ok) => {
-                        done += 1;
-                        release(i, &mut waiting, &mut ready);
+                        if let End::Done(end) = ok {
+                            ended.push(*end);
+                        }
                     }
                     Ok(End::Failed(e)) => {
                         // The ends joined before it first, in the order they came.

@@ -81,14 +81,13 @@ pub(crate) async fn compensate(ctx: &Arc<Ctx>) -> Result<UndoEnd, EngineError> {
                 work: Work::Compensate(s.output.clone().filter(|_| s.status == Some(StepStatus::Ok))),
                 halts: false,
                 stop_cancels_wait: true,
-                first_started: false,
-                defer_end: false,
+                at_boundary: false,
             },
             &rec,
         )
         .await?;
         match end {
-            // `Done` only comes with `defer_end`, which undo does not ask for.
+            // `Done` only comes `at_boundary`, which undo is not.
             End::Ok | End::Done(_) => {}
             End::Cancelled => return Ok(UndoEnd::Interrupted),
             End::Failed(e) => return Ok(UndoEnd::Stuck(format!("undoing step `{}` failed: {e}", s.id))),
@@ -142,14 +141,13 @@ pub(crate) async fn rollback(ctx: &Arc<Ctx>, reason: RollbackReason) -> Result<U
                 work: Work::Execute,
                 halts: false,
                 stop_cancels_wait: false,
-                first_started: false,
-                defer_end: false,
+                at_boundary: false,
             },
             &rec,
         )
         .await?;
         match end {
-            // `Done` only comes with `defer_end`, which undo does not ask for.
+            // `Done` only comes `at_boundary`, which undo is not.
             End::Ok | End::Done(_) => {}
             End::Cancelled => return Ok(UndoEnd::Interrupted),
             End::Failed(e) => {
