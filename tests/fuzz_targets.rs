@@ -66,13 +66,18 @@ pub enum Outcome {
 }
 
 /// A workspace folder holding the repository's examples, into which each input is
-/// written. One per process; its files are rewritten to the examples before each input.
+/// written. One per process; before each input, the file the previous input replaced is
+/// put back to its example. The folder is in memory (`/dev/shm`) where there is one: on a
+/// disk, rewriting a file flushes it on close (ext4 does, for a truncated file), which cost
+/// more than loading the workspace.
 #[derive(Debug)]
 pub struct Targets {
     /// Kept for its `Drop`, which removes the folder.
     _dir: tempfile::TempDir,
     /// The folder's canonical path, as the loader will name its files.
     root: PathBuf,
+    /// The file (relative) the previous input was written as, if any.
+    dirty: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Default for Targets {
@@ -83,12 +88,20 @@ impl Default for Targets {
 
 impl Targets {
     pub fn new() -> Targets {
-        let dir = tempfile::Builder::new()
-            .prefix("drover-fuzz-")
-            .tempdir()
-            .expect("create the fuzz workspace");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("drover-fuzz-");
+        let shm = Path::new("/dev/shm");
+        let dir = match shm.is_dir() {
+            true => builder.tempdir_in(shm).or_else(|_| builder.tempdir()),
+            false => builder.tempdir(),
+        }
+        .expect("create the fuzz workspace");
         let root = normalize(&std::fs::canonicalize(dir.path()).expect("canonical temp path"));
-        let t = Targets { _dir: dir, root };
+        let t = Targets {
+            _dir: dir,
+            root,
+            dirty: std::sync::Mutex::new(None),
+        };
         for (rel, text) in EXAMPLES {
             t.write(rel, text.as_bytes());
         }
@@ -152,19 +165,26 @@ impl Targets {
 
     /// Writes `data` as `rel` (every other file as in the examples), loads and validates
     /// like `drover validate`, and checks that every diagnostic is located.
-    fn load_with(&self, rel: &str, data: &[u8]) -> Outcome {
+    fn load_with(&self, rel: &'static str, data: &[u8]) -> Outcome {
         let mut files: BTreeMap<PathBuf, &[u8]> = EXAMPLES
             .iter()
             .map(|(r, t)| (self.root.join(r), t.as_bytes()))
             .collect();
         files.insert(self.root.join(rel), data);
-        for (path, bytes) in &files {
-            std::fs::write(path, bytes).expect("write a workspace file");
+        // Held until the workspace is loaded: one input at a time in the folder.
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        match dirty.take() {
+            Some(FUZZED_RUNBOOK) if rel != FUZZED_RUNBOOK => {
+                std::fs::remove_file(self.root.join(FUZZED_RUNBOOK)).expect("remove the fuzzed runbook")
+            }
+            Some(prev) if prev != rel => {
+                let example = EXAMPLES.iter().find(|(r, _)| *r == prev).expect("an example").1;
+                self.write(prev, example.as_bytes());
+            }
+            _ => {}
         }
-        if rel != FUZZED_RUNBOOK {
-            // Left by an earlier runbook input of this process.
-            let _ = std::fs::remove_file(self.root.join(FUZZED_RUNBOOK));
-        }
+        self.write(rel, data);
+        *dirty = Some(rel);
         let mut ws = Workspace::load(&self.root.join("config/drover.yaml"), &[]);
         let registry = drover::registry::build(ws.config.as_ref());
         ws.validate(&registry);

@@ -174,6 +174,11 @@ fn the_fuzz_targets_load_the_examples_clean_and_locate_a_break() {
         broken.len() == 1 && broken[0].file.ends_with("runbooks/fuzzed.yaml"),
         "{broken:?}"
     );
+    // Each input starts from the examples: the harness puts back what the input before
+    // it replaced (the broken runbook above, a broken CMDB here).
+    assert_eq!(diagnostics(t.cmdb(&read("cmdb/example-cmdb.yaml"))), vec![]);
+    assert!(!diagnostics(t.cmdb(b"cis: [\n")).is_empty());
+    assert_eq!(diagnostics(t.config(&read("config/example-drover.yaml"))), vec![]);
     // A config naming a CMDB outside its workspace is not loaded by the harness.
     assert!(matches!(t.config(b"cmdb: /etc/passwd\n"), Outcome::Skipped));
 
