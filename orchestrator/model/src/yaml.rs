@@ -666,7 +666,8 @@ mod tests {
 
     /// The repository's YAML (examples and fuzz corpus, which holds thousands of odd
     /// inputs' worth of coverage) loads to the same located tree as with the serde-saphyr
-    /// loader drover used before, and fails at the same place where that one failed.
+    /// loader drover used before, and fails at the same place where that one failed; the
+    /// two deliberate differences are named below.
     #[test]
     fn the_loader_agrees_with_the_serde_saphyr_loader_on_the_repository_yaml() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -707,6 +708,13 @@ mod tests {
                     }
                     _ => a.loc == b.loc,
                 },
+                // The other: a core tag drover has no meaning for (`!!binary`, `!!k`) is
+                // refused; serde-saphyr ignored it and read the value untagged.
+                (Err(a), Ok(_)) => a
+                    .message
+                    .strip_prefix("unsupported tag `")
+                    .and_then(|m| m.strip_suffix('`'))
+                    .is_some_and(|tag| tag.starts_with("!!") && text.contains(tag)),
                 _ => false,
             };
             if !same {
