@@ -68,8 +68,8 @@ pub enum Outcome {
 /// A workspace folder holding the repository's examples, into which each input is
 /// written. One per process; before each input, the file the previous input replaced is
 /// put back to its example. The folder is in memory (`/dev/shm`) where there is one: on a
-/// disk, rewriting a file flushes it on close (ext4 does, for a truncated file), which cost
-/// more than loading the workspace.
+/// disk, rewriting a file flushes it on close (ext4 does, for a truncated file); writing
+/// all seven files there for every input made the `runbook` target 1.7 times slower.
 #[derive(Debug)]
 pub struct Targets {
     /// Kept for its `Drop`, which removes the folder.
