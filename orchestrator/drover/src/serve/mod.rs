@@ -354,34 +354,28 @@ impl Daemon {
     /// SIGHUP: a valid new set of files replaces the old; an invalid one is logged with
     /// its located errors and the old set stays. Runs in flight keep their runbook.
     async fn reload(self: &Arc<Self>) {
-        match load_snapshot(&self.config_path) {
-            Ok((snap, _)) => {
-                // The tokens go with the files: a token taken out is refused from now
-                // on. The listen address and TLS stay until a restart.
-                let Some(api) = snap.config.api.as_ref() else {
-                    tracing::error!("reload refused: the config has no `api` section; the files in use stay");
-                    eprintln!("drover: reload refused: the config has no `api` section; the files in use stay");
-                    return;
-                };
-                match self.auth.replace(&api.tokens) {
-                    Ok(ended) => tracing::info!(tokens = api.tokens.len(), logins_ended = ended, "API tokens replaced"),
-                    Err(e) => {
-                        tracing::error!("reload refused: {e}; the files in use stay");
-                        eprintln!("drover: reload refused: {e}; the files in use stay");
-                        return;
-                    }
-                }
-                *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
-                if let Err(e) = self.sched.reload(self).await {
-                    tracing::error!(error = %e, "schedules not reloaded");
-                }
-                tracing::info!("reloaded the config, the CMDB and the runbooks");
-            }
-            Err(diags) => {
-                tracing::error!("reload refused, the files in use stay:\n{diags}");
-                eprintln!("drover: reload refused, the files in use stay:\n{diags}");
-            }
+        let refused = |why: String| {
+            tracing::error!("reload refused, the files in use stay: {why}");
+            eprintln!("drover: reload refused, the files in use stay: {why}");
+        };
+        let snap = match load_snapshot(&self.config_path) {
+            Ok((snap, _)) => snap,
+            Err(diags) => return refused(format!("\n{diags}")),
+        };
+        // The tokens go with the files: a token taken out is refused from now on. The
+        // listen address and TLS stay until a restart.
+        let Some(api) = snap.config.api.as_ref() else {
+            return refused("the config has no `api` section".into());
+        };
+        match self.auth.replace(&api.tokens) {
+            Ok(ended) => tracing::info!(tokens = api.tokens.len(), logins_ended = ended, "API tokens replaced"),
+            Err(e) => return refused(e),
         }
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+        if let Err(e) = self.sched.reload(self).await {
+            tracing::error!(error = %e, "schedules not reloaded");
+        }
+        tracing::info!("reloaded the config, the CMDB and the runbooks");
     }
 }
 
